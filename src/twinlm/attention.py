@@ -1,0 +1,127 @@
+"""Attention: the two masks M and the equation softmax(QK^T / sqrt(d_k) + M) V.
+
+This module is where the paradigms differ. A masked LM uses the bidirectional mask (every position sees every
+non-padding position); a causal LM uses the causal mask
+
+    M_ij = 0      if i >= j
+    M_ij = -inf   otherwise
+
+added to the scores before the softmax. Padding adds -inf on padded key columns for both. Two implementations
+compute the same thing: ``math_attention`` spells the equation out; ``sdpa_attention`` hands it to PyTorch's fused
+``scaled_dot_product_attention``. Tests assert they agree.
+
+-inf is represented by the dtype's most negative finite number so that a fully masked row (a left-padding query
+under the causal mask) gives a finite, ignorable output rather than NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+
+
+def neg_inf(dtype: torch.dtype) -> float:
+    """The additive value that stands for -inf in mask M."""
+    return torch.finfo(dtype).min
+
+
+def causal_mask(q_len: int, k_len: int, device: torch.device | None = None, dtype=torch.float32) -> torch.Tensor:
+    """Additive causal mask M of shape (q_len, k_len): 0 where key j <= query i, -inf above the diagonal.
+
+    With a KV cache the queries are the last ``q_len`` of ``k_len`` positions, so query i sits at k_len - q_len + i.
+    """
+    offset = k_len - q_len
+    i = torch.arange(q_len, device=device).unsqueeze(1) + offset
+    j = torch.arange(k_len, device=device).unsqueeze(0)
+    mask = torch.zeros(q_len, k_len, device=device, dtype=dtype)
+    return mask.masked_fill(j > i, neg_inf(dtype))
+
+
+def padding_mask(attention_mask: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
+    """Additive mask of shape (B, 1, 1, K) from a (B, K) 1/0 attention mask: -inf on padded key columns."""
+    keep = attention_mask.to(torch.bool)[:, None, None, :]
+    zeros = torch.zeros(keep.shape, dtype=dtype, device=attention_mask.device)
+    return zeros.masked_fill(~keep, neg_inf(dtype))
+
+
+def build_mask(
+    kind: str,
+    q_len: int,
+    k_len: int,
+    attention_mask: torch.Tensor | None,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """The full additive M for ``kind`` ('bidirectional' or 'causal'), broadcastable to (B, H, Q, K), or None."""
+    mask = None
+    if kind == "causal":
+        mask = causal_mask(q_len, k_len, device, dtype)[None, None]
+    if attention_mask is not None:
+        pad = padding_mask(attention_mask, dtype)
+        mask = pad if mask is None else torch.maximum(mask + pad, torch.tensor(neg_inf(dtype), device=device))
+    return mask
+
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                   dropout_p: float = 0.0) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d_k) + M) V, written out; q, k, v are (B, H, T, d_k)."""
+    d_k = q.size(-1)
+    scores = q @ k.transpose(-2, -1) / math.sqrt(d_k)
+    if mask is not None:
+        scores = scores + mask
+    weights = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    if dropout_p > 0.0:
+        weights = F.dropout(weights, p=dropout_p)
+    return weights @ v
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                   dropout_p: float = 0.0, is_causal: bool = False) -> torch.Tensor:
+    """The same equation through torch's fused kernel (flash / memory-efficient / math, chosen by torch)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+
+
+KVCache = tuple[torch.Tensor, torch.Tensor]
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused QKV projection; the mask kind is chosen per call."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads = config.n_heads
+        self.head_dim = config.head_dim
+        self.impl = config.attn_impl
+        self.dropout = config.dropout
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        self.out = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        kind: str,
+        attention_mask: torch.Tensor | None = None,
+        past: KVCache | None = None,
+    ) -> tuple[torch.Tensor, KVCache]:
+        """x: (B, T, D); attention_mask: (B, K) over all keys (past + new); returns (output, (k, v))."""
+        B, T, D = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        if past is not None:
+            k = torch.cat([past[0], k], dim=2)
+            v = torch.cat([past[1], v], dim=2)
+        K = k.size(2)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.impl == "sdpa" and attention_mask is None and (kind == "bidirectional" or T == K):
+            # Fast path: no explicit mask tensor, the kernel applies the causal triangle itself.
+            y = sdpa_attention(q, k, v, None, dropout_p, is_causal=(kind == "causal" and T > 1))
+        else:
+            mask = build_mask(kind, T, K, attention_mask, x.device, q.dtype)
+            attend = sdpa_attention if self.impl == "sdpa" else math_attention
+            y = attend(q, k, v, mask, dropout_p)
+        y = y.transpose(1, 2).reshape(B, T, D)
+        return self.out(y), (k, v)

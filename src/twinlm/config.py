@@ -1,0 +1,126 @@
+"""Model configuration: one dataclass for both paradigms, named presets, config.json read/write."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointError, ConfigError
+
+ATTENTION_KINDS = ("bidirectional", "causal")
+NORM_PLACEMENTS = ("pre", "post")
+ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
+ATTENTION_IMPLS = ("sdpa", "math")
+
+
+@dataclass
+class ModelConfig:
+    """Everything that fixes the shape and behaviour of the backbone.
+
+    The two paradigms share every field but ``attention``: ``bidirectional`` for a masked LM,
+    ``causal`` for a causal LM. Hybrid training flips it per step on the same weights.
+    """
+
+    vocab_size: int = 8192
+    n_layers: int = 2
+    d_model: int = 128
+    n_heads: int = 4
+    d_ff: int = 512
+    max_positions: int = 256
+    dropout: float = 0.0
+    norm: str = "pre"  # "pre" (GPT-2) or "post" (BERT) layer-norm placement
+    activation: str = "gelu"
+    tie_embeddings: bool = True
+    attention: str = "bidirectional"
+    layer_norm_eps: float = 1e-5
+    bias: bool = True
+    type_vocab_size: int = 0  # BERT's segment embeddings; 0 means none
+    head_transform: bool = False  # BERT's MLM head dense+act+norm before the tied decoder
+    attn_impl: str = "sdpa"  # "sdpa" (fast) or "math" (the explicit equation, for reading and tests)
+    pad_token_id: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. origin), kept in config.json
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first field whose value cannot work."""
+        for name in ("vocab_size", "n_layers", "d_model", "n_heads", "d_ff", "max_positions"):
+            if int(getattr(self, name)) <= 0:
+                raise ConfigError(f"config field '{name}' must be a positive integer, got {getattr(self, name)!r}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        choices = {
+            "attention": ATTENTION_KINDS,
+            "norm": NORM_PLACEMENTS,
+            "activation": ACTIVATIONS,
+            "attn_impl": ATTENTION_IMPLS,
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"config field '{name}' is {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model_type": "twinlm", **dataclasses.asdict(self)}
+
+    def save(self, folder: str | Path) -> Path:
+        """Write config.json into ``folder`` and return its path."""
+        path = Path(folder) / "config.json"
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        data = {k: v for k, v in data.items() if k != "model_type"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown config field(s) {', '.join(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, folder: str | Path) -> ModelConfig:
+        """Read config.json from a model folder (or the file itself)."""
+        path = Path(folder)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no config.json here; pass a twinlm model or checkpoint folder")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CheckpointError(f"{path}: not valid JSON ({exc}); the file is corrupted") from None
+        if data.get("model_type", "twinlm") != "twinlm":
+            raise CheckpointError(
+                f"{path}: model_type {data.get('model_type')!r} is not a twinlm config"
+            )
+        return cls.from_dict(data, source=str(path))
+
+
+# Sizes follow the well-known models: base is BERT-base / GPT-2-124M.
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(n_layers=2, d_model=128, n_heads=4, d_ff=512, max_positions=256),
+    "mini": dict(n_layers=4, d_model=256, n_heads=4, d_ff=1024, max_positions=512),
+    "small": dict(n_layers=6, d_model=512, n_heads=8, d_ff=2048, max_positions=512),
+    "base": dict(n_layers=12, d_model=768, n_heads=12, d_ff=3072, max_positions=1024),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """The named preset with ``overrides`` applied (vocab_size, attention, ...)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})

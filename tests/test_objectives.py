@@ -1,0 +1,165 @@
+"""Masking statistics over >= 100k tokens, whole-word integrity, CLM targets, sparse MLM loss, hybrid schedules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from twinlm.config import ModelConfig
+from twinlm.errors import ConfigError
+from twinlm.model import LanguageModel
+from twinlm.objectives import IGNORE_INDEX, HybridSchedule, MLMMasker, clm_labels, clm_loss, mlm_loss
+
+VOCAB = 1000
+SPECIAL = [0, 1, 2, 3, 4]  # pad, unk, cls, sep, mask
+MASK_ID = 4
+
+
+def _batch(rows=240, L=512, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, VOCAB, (rows, L), generator=g)
+    ids[:, 0], ids[:, -1] = 2, 3  # [CLS] ... [SEP]
+    ids[::7, L // 3] = 3  # a separator inside some rows
+    am = torch.ones_like(ids)
+    am[1::5, L * 3 // 4:] = 0
+    ids[am == 0] = 0
+    return ids, am
+
+
+def _continuation():
+    # tokens 500..999 continue a word (like '##ing'), 5..499 start one
+    table = np.zeros(VOCAB, dtype=bool)
+    table[500:] = True
+    return table
+
+
+def test_selection_rate_and_80_10_10_split():
+    ids, am = _batch()
+    masker = MLMMasker(MASK_ID, VOCAB, SPECIAL, mask_prob=0.15)
+    corrupted, labels = masker(ids, am, torch.Generator().manual_seed(1))
+    selectable = am.bool() & (ids > 4)
+    assert selectable.sum() > 100_000
+    selected = labels != IGNORE_INDEX
+    assert not (selected & ~selectable).any(), "special or padding token selected"
+    assert abs(selected.sum() / selectable.sum() - 0.15) < 0.01
+    n = selected.sum().item()
+    as_mask = (corrupted[selected] == MASK_ID).sum().item() / n
+    unchanged = (corrupted[selected] == ids[selected]).sum().item() / n
+    random = 1 - as_mask - unchanged
+    assert abs(as_mask - 0.8) < 0.015 and abs(unchanged - 0.1) < 0.015 and abs(random - 0.1) < 0.015
+    assert torch.equal(labels[selected], ids[selected])
+    assert torch.equal(corrupted[~selected], ids[~selected])
+    assert (corrupted[selected] > 4).logical_or(corrupted[selected] == MASK_ID).all(), "random token was special"
+
+
+def test_masking_is_seeded():
+    ids, am = _batch(rows=4)
+    masker = MLMMasker(MASK_ID, VOCAB, SPECIAL)
+    a = masker(ids, am, torch.Generator().manual_seed(9))
+    b = masker(ids, am, torch.Generator().manual_seed(9))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def _words_intact(ids, selected, table):
+    for row, sel in zip(ids.tolist(), selected.tolist(), strict=True):
+        for t in range(1, len(row)):
+            if row[t] > 4 and row[t - 1] > 4 and table[row[t]]:
+                assert sel[t] == sel[t - 1], "whole-word masking split a word"
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_whole_word_masking_never_splits_a_word(fixed):
+    ids, am = _batch(rows=200)
+    table = _continuation()
+    masker = MLMMasker(MASK_ID, VOCAB, SPECIAL, whole_word=True, fixed_count=fixed, continuation=table)
+    selected = masker.select(ids, am, torch.Generator().manual_seed(2))
+    _words_intact(ids, selected, table)
+    if fixed:  # at most k tokens per row, and short of k by less than one (rare, long) word
+        k = round(0.15 * int((am.bool() & (ids > 4)).sum(1).max()))
+        assert (selected.sum(1) <= k).all() and (selected.sum(1) >= k - 12).all()
+    else:
+        rate = selected.sum() / (am.bool() & (ids > 4)).sum()
+        assert abs(rate - 0.15) < 0.01
+
+
+def test_whole_word_with_real_tokenizers(shared_data):
+    from twinlm.tokenizer import load_tokenizer
+
+    text = ("The unbelievably enthusiastic researchers tokenized extraordinarily complicated sentences "
+            "about photosynthesis and electroencephalography. ") * 40
+    for folder in ("tokenizers/bert-base-uncased", "tokenizers/gpt2"):
+        tok = load_tokenizer(shared_data / folder)
+        table = tok.continuation_table()
+        ids = torch.tensor([tok.encode(text)[:500]])
+        masker = MLMMasker(tok.mask_id, tok.vocab_size, tok.special_ids, mask_prob=0.3, whole_word=True,
+                           continuation=table)
+        for seed in range(20):
+            sel = masker.select(ids, None, torch.Generator().manual_seed(seed))
+            row = ids[0].tolist()
+            for t in range(1, len(row)):
+                if table[row[t]]:
+                    assert sel[0, t] == sel[0, t - 1], (folder, tok.id_to_token(row[t]))
+
+
+def test_fixed_count_gives_static_shapes():
+    ids, _ = _batch(rows=16, L=128)
+    masker = MLMMasker(MASK_ID, VOCAB, SPECIAL, fixed_count=True)
+    selected = masker.select(ids, None, torch.Generator().manual_seed(0))
+    k = round(0.15 * int((ids > 4).sum(1).max()))
+    assert (selected.sum(1) == k).all()
+
+
+def _model(kind="bidirectional"):
+    torch.manual_seed(0)
+    return LanguageModel(ModelConfig(vocab_size=VOCAB, n_layers=1, d_model=32, n_heads=2, d_ff=64,
+                                     max_positions=64, attention=kind))
+
+
+def test_sparse_mlm_loss_equals_dense_loss():
+    model = _model()
+    ids, _ = _batch(rows=4, L=64)
+    corrupted, labels = MLMMasker(MASK_ID, VOCAB, SPECIAL)(ids, None, torch.Generator().manual_seed(0))
+    dense = F.cross_entropy(model(corrupted).flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX)
+    assert torch.allclose(mlm_loss(model, corrupted, labels), dense, atol=1e-6)
+
+
+def test_clm_labels_keep_eos_when_pad_equals_eos():
+    eos = 7
+    ids = torch.tensor([[5, 6, eos, eos, eos]])  # text, EOS, then two pads that use the EOS id
+    am = torch.tensor([[1, 1, 1, 0, 0]])
+    labels = clm_labels(ids, am)
+    assert labels.tolist() == [[6, eos, IGNORE_INDEX, IGNORE_INDEX, IGNORE_INDEX]]
+
+
+def test_clm_loss_is_mean_next_token_nll_and_ignores_padding():
+    model = _model("causal")
+    ids = torch.randint(5, VOCAB, (2, 10), generator=torch.Generator().manual_seed(0))
+    am = torch.ones_like(ids)
+    am[1, 6:] = 0
+    logp = model(ids, am, attention="causal").log_softmax(-1)
+    terms = [-logp[b, t, ids[b, t + 1]] for b in range(2) for t in range(9) if am[b, t + 1]]
+    assert torch.allclose(clm_loss(model, ids, am), torch.stack(terms).mean(), atol=1e-5)
+    # changing padded tokens changes nothing
+    other = ids.clone()
+    other[1, 6:] = 9
+    assert torch.allclose(clm_loss(model, ids, am), clm_loss(model, other, am), atol=1e-6)
+
+
+def test_hybrid_phases_follow_the_spec():
+    sched = HybridSchedule.parse("clm:4,mlm:16,clm:4")
+    objs = [sched.objective_at(s, 240) for s in range(240)]
+    assert objs[:40] == ["clm"] * 40 and objs[40:200] == ["mlm"] * 160 and objs[200:] == ["clm"] * 40
+
+
+def test_hybrid_ratio_is_exact_and_deterministic():
+    sched = HybridSchedule.parse(mlm_ratio=0.25)
+    objs = [sched.objective_at(s, 1000) for s in range(1000)]
+    assert objs.count("mlm") == 250 and objs[:4].count("mlm") == 1
+
+
+@pytest.mark.parametrize("spec", ["clm4", "xlm:2", "mlm:0", "mlm:-1,clm:2"])
+def test_bad_hybrid_spec_is_a_clear_error(spec):
+    with pytest.raises(ConfigError, match="OBJECTIVE:LENGTH"):
+        HybridSchedule.parse(spec)
