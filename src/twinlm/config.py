@@ -61,7 +61,8 @@ class ModelConfig:
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"config field '{name}' is {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+                value = getattr(self, name)
+                raise ConfigError(f"config field '{name}' is {value!r}; choose one of {', '.join(allowed)}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
