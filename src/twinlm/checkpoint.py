@@ -1,0 +1,570 @@
+"""Crash-safe checkpoints: safetensors and JSON only, written aside, renamed into place, with a manifest."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .config import ModelConfig
+from .errors import CheckpointError
+
+MANIFEST = "manifest.json"
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TRAINER_STATE_FILE = "trainer_state.json"
+OPTIMIZER_FILE = "optimizer.safetensors"
+FORMAT = "twinlm-checkpoint"
+VERSION = 1
+TRAINER_STATE_FORMAT = "twinlm-trainer-state"
+
+_CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
+# Siblings left behind by a save or prune that was killed: ".<name>.tmp-<pid>" / ".<name>.old-<pid>".
+_SCRATCH_RE = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)")
+_CHUNK = 1 << 20
+_INCOMPLETE = f"incomplete checkpoint (no {MANIFEST}): it was interrupted while saving"
+
+
+# --------------------------------------------------------------------------- low-level file helpers
+
+
+def _fsync_file(path: Path) -> None:
+    """Flush one file's data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    """Flush a folder's entries (new names, renames) to the disk."""
+    if os.name == "nt":  # Windows cannot open a folder for fsync; NTFS journals the metadata itself
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Write a text file and fsync it."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks so large weights never sit in memory twice."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _files_under(folder: Path) -> list[Path]:
+    """Every regular file below ``folder`` (tokenizers may write sub-folders), sorted."""
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    except OSError:
+        return True  # unknown: err on the side of not deleting someone's work
+    return True
+
+
+def _remove_stale_scratch(parent: Path, name: str | None = None) -> None:
+    """Delete temp/old folders of saves whose process died (SIGKILL, power loss) so they do not fill disks."""
+    if not parent.is_dir():
+        return
+    for entry in parent.iterdir():
+        m = _SCRATCH_RE.fullmatch(entry.name)
+        if not m or not entry.is_dir() or (name is not None and m["name"] != name):
+            continue
+        if not _pid_alive(int(m["pid"])):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- JSON helpers
+
+
+def _json_default(value: Any) -> Any:
+    """Turn numpy scalars into Python numbers; refuse anything else that JSON cannot hold."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"value of type {type(value).__name__} is not JSON-serializable")
+
+
+def _dumps(data: Any, what: str) -> str:
+    """JSON text for ``data``, with an error that says which file could not be encoded."""
+    try:
+        return json.dumps(data, indent=2, default=_json_default) + "\n"
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(
+            f"{what}: {exc}; only JSON values (numbers, strings, lists, dicts) can be stored"
+        ) from None
+
+
+def _read_json(path: Path) -> Any:
+    """Parse a JSON file, turning any failure into a CheckpointError that names the file."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: file is missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc}); the file is corrupted") from None
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+def _prepare_tensors(state: Mapping[str, Any], what: str) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU copies; refuse non-tensors and names that share storage."""
+    out: dict[str, torch.Tensor] = {}
+    owners: dict[tuple[str, int], str] = {}
+    for name, value in state.items():
+        if not isinstance(name, str):
+            raise CheckpointError(f"{what}: key {name!r} is not a string")
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"{what}: '{name}' is a {type(value).__name__}, not a tensor")
+        if value.numel() > 0:
+            # safetensors cannot express aliasing; saving both silently would untie weights on load
+            storage = value.untyped_storage()
+            key = (str(value.device), storage.data_ptr())
+            if key in owners:
+                raise CheckpointError(
+                    f"{what}: '{name}' shares storage with '{owners[key]}'; drop one of the tied names "
+                    "from the state dict before saving"
+                )
+            owners[key] = name
+        out[name] = value.detach().contiguous().cpu()
+    return out
+
+
+def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; any failure (also a pickle renamed .safetensors) is a CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: file is missing")
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as exc:  # safetensors raises its own Rust-side error types; all mean an unreadable file
+        raise CheckpointError(
+            f"{path}: not a readable safetensors file ({exc}); the file is corrupted"
+        ) from None
+
+
+# --------------------------------------------------------------------------- optimizer state <-> safetensors
+
+
+def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """JSON form of ``value``: tensors move to ``tensors`` under ``key``; tuples are tagged to come back."""
+    if isinstance(value, torch.Tensor):
+        tensors[key] = value
+        return {"__tensor__": key}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, list):
+        return [_encode(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise CheckpointError(f"optimizer state: '{key}' has non-string keys; cannot store it as JSON")
+        return {k: _encode(v, f"{key}.{k}", tensors) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise CheckpointError(f"optimizer state: '{key}' is a {type(value).__name__}; cannot store it as JSON")
+
+
+def _decode(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """Inverse of ``_encode``."""
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if isinstance(value, dict):
+        if set(value) == {"__tensor__"}:
+            key = value["__tensor__"]
+            if key not in tensors:
+                raise CheckpointError(f"optimizer state: tensor '{key}' is missing from {OPTIMIZER_FILE}")
+            return tensors[key]
+        if set(value) == {"__tuple__"}:
+            return tuple(_decode(v, tensors) for v in value["__tuple__"])
+        return {k: _decode(v, tensors) for k, v in value.items()}
+    return value
+
+
+def optimizer_state_to_safetensors(state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors (``state.<index>.<name>``) and a JSON-able remainder."""
+    if "state" not in state_dict or "param_groups" not in state_dict:
+        raise CheckpointError(
+            "optimizer state: expected a dict with 'state' and 'param_groups' (optimizer.state_dict())"
+        )
+    tensors: dict[str, torch.Tensor] = {}
+    # torch keys per-parameter state by integer index; JSON object keys must be strings
+    state = {str(idx): _encode(dict(s), f"state.{idx}", tensors) for idx, s in state_dict["state"].items()}
+    groups = [
+        _encode(dict(g), f"param_groups.{i}", tensors) for i, g in enumerate(state_dict["param_groups"])
+    ]
+    extra = {k: v for k, v in state_dict.items() if k not in ("state", "param_groups")}
+    json_part = {"state": state, "param_groups": groups}
+    if extra:
+        json_part["extra"] = _encode(extra, "extra", tensors)
+    return tensors, json_part
+
+
+def optimizer_state_from_safetensors(
+    tensors: Mapping[str, torch.Tensor], json_part: Mapping[str, Any]
+) -> dict:
+    """Rebuild a state dict for ``optimizer.load_state_dict`` from the two halves."""
+    try:
+        state = {int(idx): _decode(s, tensors) for idx, s in json_part["state"].items()}
+        groups = [_decode(g, tensors) for g in json_part["param_groups"]]
+    except (KeyError, ValueError, AttributeError, TypeError) as exc:
+        raise CheckpointError(f"optimizer state in {TRAINER_STATE_FILE} is malformed ({exc!r})") from None
+    out: dict[str, Any] = {"state": state, "param_groups": groups}
+    out.update(_decode(json_part.get("extra", {}), tensors))
+    return out
+
+
+# --------------------------------------------------------------------------- saving
+
+
+def _write_manifest(folder: Path) -> None:
+    """Hash every file and write manifest.json last: its presence marks the checkpoint complete."""
+    files = {}
+    for path in _files_under(folder):
+        rel = path.relative_to(folder).as_posix()
+        if rel == MANIFEST:
+            continue
+        files[rel] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    manifest = {"format": FORMAT, "version": VERSION, "files": files}
+    _write_text(folder / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+
+
+def _atomic_save(folder: str | Path, fill: Callable[[Path], None]) -> Path:
+    """Build a checkpoint in a temp sibling with ``fill``, fsync it, and rename it onto ``folder``."""
+    folder = Path(folder)
+    parent, name = folder.parent, folder.name
+    pid = os.getpid()
+    tmp = parent / f".{name}.tmp-{pid}"
+    old = parent / f".{name}.old-{pid}"
+    existed = folder.exists()
+    moved_aside = False
+    try:
+        if existed and not folder.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "exists and is not a folder", str(folder))
+        parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():  # our own leftover from an earlier failed attempt in this process
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        fill(tmp)
+        for path in _files_under(tmp):  # also files written by config.save / tokenizer.save
+            _fsync_file(path)
+        _write_manifest(tmp)
+        for sub in sorted({p.parent for p in _files_under(tmp)}, key=lambda p: len(p.parts), reverse=True):
+            _fsync_dir(sub)
+        if existed:
+            if old.exists():
+                shutil.rmtree(old)
+            # no portable atomic swap of folders; between these two renames a crash leaves the old
+            # checkpoint complete under `old`, which the next save of this name cleans up
+            os.rename(folder, old)
+            moved_aside = True
+        os.rename(tmp, folder)
+        moved_aside = False
+        _fsync_dir(parent)
+    except BaseException as exc:
+        if moved_aside and not folder.exists():
+            try:
+                os.rename(old, folder)  # put the previous checkpoint back where it was
+            except OSError:
+                pass
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(exc, Exception):  # KeyboardInterrupt / SystemExit: clean up but keep their meaning
+            raise
+        tail = "the previous checkpoint is untouched" if existed else "nothing was left behind"
+        raise CheckpointError(f"could not write checkpoint {folder}: {exc}; {tail}") from exc
+    if existed:
+        shutil.rmtree(old, ignore_errors=True)
+    _remove_stale_scratch(parent, name)
+    return folder
+
+
+def _model_filler(model_state: Mapping[str, torch.Tensor], config: ModelConfig, tokenizer: Any | None):
+    """The part shared by checkpoints and model exports: weights, config, tokenizer."""
+    if not isinstance(config, ModelConfig):
+        raise CheckpointError(f"config must be a twinlm ModelConfig, got {type(config).__name__}")
+    if tokenizer is not None and not callable(getattr(tokenizer, "save", None)):
+        raise CheckpointError(f"tokenizer of type {type(tokenizer).__name__} has no save(folder) method")
+
+    def fill(tmp: Path) -> None:
+        tensors = _prepare_tensors(model_state, MODEL_FILE)
+        # "format": "pt" is what Hugging Face loaders look for in safetensors metadata
+        save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})
+        config.save(tmp)
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+
+    return fill
+
+
+def save_model(
+    folder: str | Path,
+    *,
+    model_state: Mapping[str, torch.Tensor],
+    config: ModelConfig,
+    tokenizer: Any | None = None,
+) -> Path:
+    """Atomically write a model folder (weights, config, tokenizer, manifest) for inference or export."""
+    return _atomic_save(folder, _model_filler(model_state, config, tokenizer))
+
+
+def save_checkpoint(
+    folder: str | Path,
+    *,
+    model_state: Mapping[str, torch.Tensor],
+    config: ModelConfig,
+    tokenizer: Any | None = None,
+    trainer_state: dict | None = None,
+    optimizer_state: dict | None = None,
+    scheduler_state: dict | None = None,
+) -> Path:
+    """Atomically write a resumable training checkpoint; the previous one survives any failure."""
+    model_fill = _model_filler(model_state, config, tokenizer)
+
+    def fill(tmp: Path) -> None:
+        model_fill(tmp)
+        opt_json = None
+        if optimizer_state is not None:
+            tensors, opt_json = optimizer_state_to_safetensors(optimizer_state)
+            tensors = _prepare_tensors(tensors, OPTIMIZER_FILE)
+            save_file(tensors, str(tmp / OPTIMIZER_FILE), metadata={"format": "pt"})
+        doc = {
+            "format": TRAINER_STATE_FORMAT,
+            "version": VERSION,
+            "trainer": trainer_state if trainer_state is not None else {},
+            "optimizer": opt_json,
+            "scheduler": scheduler_state,
+        }
+        _write_text(tmp / TRAINER_STATE_FILE, _dumps(doc, TRAINER_STATE_FILE))
+
+    return _atomic_save(folder, fill)
+
+
+# --------------------------------------------------------------------------- verifying and loading
+
+
+def verify_checkpoint(folder: str | Path, deep: bool = True) -> None:
+    """Raise CheckpointError unless every file in the manifest is present, full-size and (deep) unaltered."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such checkpoint folder")
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{folder}: {_INCOMPLETE}")
+    manifest = _read_json(manifest_path)
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or not isinstance(files, dict):
+        raise CheckpointError(f"{manifest_path}: not a {FORMAT} manifest; the file is corrupted")
+    if manifest.get("version") != VERSION:
+        raise CheckpointError(
+            f"{manifest_path}: checkpoint format version {manifest.get('version')!r} is not supported "
+            f"(this twinlm reads version {VERSION}); use the twinlm release that wrote it"
+        )
+    for rel, entry in files.items():
+        path = folder / rel
+        if not path.is_file():
+            raise CheckpointError(f"{folder}: file '{rel}' listed in {MANIFEST} is missing")
+        size = path.stat().st_size
+        if size != entry.get("bytes"):
+            raise CheckpointError(
+                f"{folder}: file '{rel}' is truncated or altered "
+                f"({size} bytes, manifest says {entry.get('bytes')})"
+            )
+        if deep and _sha256(path) != entry.get("sha256"):
+            raise CheckpointError(f"{folder}: file '{rel}' is corrupted (sha256 does not match {MANIFEST})")
+
+
+def _check_before_load(folder: Path, verify: bool) -> None:
+    """Verify a folder that has a manifest; refuse a training checkpoint that lost it mid-save."""
+    if not verify:
+        return
+    if (folder / MANIFEST).is_file():
+        verify_checkpoint(folder, deep=True)
+    elif (folder / TRAINER_STATE_FILE).exists():
+        # only our saver writes trainer_state.json, and it always finishes with a manifest
+        raise CheckpointError(f"{folder}: {_INCOMPLETE}")
+
+
+def load_model_state(folder: str | Path, verify: bool = True) -> dict[str, torch.Tensor]:
+    """The model state dict of a checkpoint or model folder (a folder without manifest loads unverified)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such model or checkpoint folder")
+    _check_before_load(folder, verify)
+    return _load_safetensors(folder / MODEL_FILE)
+
+
+def load_training_state(folder: str | Path, verify: bool = True) -> tuple[dict, dict | None, dict | None]:
+    """(trainer_state, state dict for ``optimizer.load_state_dict``, scheduler state) of a checkpoint."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: no such checkpoint folder")
+    path = folder / TRAINER_STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{folder}: no {TRAINER_STATE_FILE}; it is a model export, not a resumable checkpoint"
+        )
+    _check_before_load(folder, verify)
+    doc = _read_json(path)
+    if not isinstance(doc, dict) or doc.get("format") != TRAINER_STATE_FORMAT:
+        raise CheckpointError(f"{path}: not a twinlm trainer state file")
+    optimizer = None
+    if doc.get("optimizer") is not None:
+        tensors = _load_safetensors(folder / OPTIMIZER_FILE)
+        optimizer = optimizer_state_from_safetensors(tensors, doc["optimizer"])
+    return doc.get("trainer") or {}, optimizer, doc.get("scheduler")
+
+
+# --------------------------------------------------------------------------- run folders
+
+
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    """The folder name for the checkpoint at ``step``: run_dir/checkpoint-0001234."""
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    return Path(run_dir) / f"checkpoint-{step:07d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """The checkpoint-<step> folders of a run, oldest step first (temp and old folders are ignored)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for entry in run_dir.iterdir():
+        m = _CHECKPOINT_RE.fullmatch(entry.name)
+        if m and entry.is_dir():
+            found.append((int(m[1]), entry))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | Path, warn: bool = True) -> Path | None:
+    """The newest checkpoint that verifies; broken newer ones are skipped with a warning."""
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            verify_checkpoint(path, deep=True)
+        except CheckpointError as exc:
+            if warn:
+                warnings.warn(f"skipping checkpoint {path}: {exc}", stacklevel=2)
+            continue
+        return path
+    return None
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
+    """Delete all but the newest ``keep_last`` complete checkpoints (and broken ones older than those)."""
+    if keep_last < 0:
+        raise ValueError(f"keep_last must be >= 0, got {keep_last}")
+    run_dir = Path(run_dir)
+    checkpoints = list_checkpoints(run_dir)
+    kept: list[Path] = []
+    for path in reversed(checkpoints):
+        if len(kept) == keep_last:
+            break
+        try:
+            verify_checkpoint(path, deep=False)  # shallow: pruning runs every save, hashing would be slow
+        except CheckpointError:
+            continue
+        kept.append(path)
+    if keep_last > 0 and not kept:
+        return  # nothing complete to fall back on: deleting anything could lose the only copy
+    # broken checkpoints newer than the oldest kept one stay, so the user can inspect them
+    oldest_kept = checkpoints.index(kept[-1]) if kept else len(checkpoints)
+    for path in checkpoints[:oldest_kept]:
+        # rename first so a crash mid-delete never leaves a half-deleted folder named like a checkpoint
+        doomed = run_dir / f".{path.name}.old-{os.getpid()}"
+        if doomed.exists():
+            shutil.rmtree(doomed)
+        os.rename(path, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+    _remove_stale_scratch(run_dir)
+
+
+# --------------------------------------------------------------------------- RNG state
+
+
+def rng_state_to_json() -> dict:
+    """Python, numpy, torch CPU (and CUDA) generator states as plain JSON values."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state: dict[str, Any] = {
+        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
+        "numpy": {
+            "kind": kind,
+            "keys": [int(k) for k in keys],
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def restore_rng_state(state: Mapping[str, Any]) -> None:
+    """Put back generator states captured by ``rng_state_to_json``."""
+    try:
+        if "python" in state:
+            py = state["python"]
+            random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+        if "numpy" in state:
+            n = state["numpy"]
+            keys = np.asarray(n["keys"], dtype=np.uint32)
+            np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
+        if "torch" in state:
+            torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"the saved random-number generator state is malformed ({exc!r})") from None
+    cuda = state.get("cuda")
+    if cuda:
+        if not torch.cuda.is_available():
+            warnings.warn(
+                "checkpoint has CUDA RNG states but CUDA is not available; they are not restored",
+                stacklevel=2,
+            )
+            return
+        count = torch.cuda.device_count()
+        if count != len(cuda):
+            warnings.warn(
+                f"checkpoint has CUDA RNG states for {len(cuda)} device(s), this machine has {count}; "
+                "restoring the ones that match",
+                stacklevel=2,
+            )
+        for i, s in enumerate(cuda[:count]):
+            torch.cuda.set_rng_state(torch.tensor(s, dtype=torch.uint8), device=i)
