@@ -1,0 +1,313 @@
+"""Corpus preparation: documents -> token ids in flat binary shards (train.bin, val.bin) read by memmap."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .readers import iter_documents
+
+if TYPE_CHECKING:
+    import tokenizers
+
+    from ..tokenizer import Tokenizer
+
+META_FILE = "meta.json"
+SPLITS = ("train", "val")
+
+
+@dataclass
+class CorpusMeta:
+    """What meta.json records about a prepared corpus; n_train and n_val count tokens."""
+
+    vocab_size: int
+    dtype: str  # "uint16" or "uint32"
+    n_train: int
+    n_val: int
+    n_docs: int
+    separator_id: int
+    tokenizer_kind: str
+    sources: list[str] = field(default_factory=list)
+
+    def save(self, folder: str | Path) -> Path:
+        """Write meta.json into ``folder`` and return its path."""
+        path = Path(folder) / META_FILE
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        return path
+
+
+def load_meta(folder: str | Path) -> CorpusMeta:
+    """Read meta.json of a prepared corpus folder."""
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        raise DataError(f"{folder}: not a prepared corpus (no meta.json); run `twinlm prepare` first")
+    try:
+        data = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(CorpusMeta)}
+        meta = CorpusMeta(**{k: v for k, v in data.items() if k in known})
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, AttributeError) as exc:
+        raise DataError(f"{path}: corrupted meta.json ({exc}); run `twinlm prepare` again") from None
+    if meta.dtype not in ("uint16", "uint32"):
+        raise DataError(f"{path}: unknown token dtype {meta.dtype!r}; run `twinlm prepare` again")
+    return meta
+
+
+class TokenShard:
+    """One split of a prepared corpus as a read-only memmap of token ids."""
+
+    def __init__(self, folder: str | Path, split: str) -> None:
+        if split not in SPLITS:
+            raise DataError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        self.folder = Path(folder)
+        self.split = split
+        self.meta = load_meta(folder)
+        path = self.folder / f"{split}.bin"
+        if not path.is_file():
+            raise DataError(f"{path}: missing; the corpus is incomplete, run `twinlm prepare` again")
+        dtype = np.dtype(self.meta.dtype)
+        expected = self.meta.n_train if split == "train" else self.meta.n_val
+        size = path.stat().st_size
+        if size != expected * dtype.itemsize:
+            raise DataError(
+                f"{path}: {size} bytes but meta.json says {expected} {dtype.name} tokens; "
+                "the corpus is corrupted, run `twinlm prepare` again"
+            )
+        # np.memmap cannot map an empty file; an empty split is a plain empty array.
+        self.tokens: np.ndarray = (
+            np.memmap(path, dtype=dtype, mode="r") if expected else np.empty(0, dtype=dtype)
+        )
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __repr__(self) -> str:
+        return f"TokenShard({str(self.folder)!r}, {self.split!r}, tokens={len(self)})"
+
+
+def token_dtype(vocab_size: int) -> str:
+    """The smallest unsigned dtype name that holds every id of the vocabulary."""
+    return "uint16" if vocab_size <= 65535 else "uint32"
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+_WORKER_HF: tokenizers.Tokenizer | None = None
+
+
+def _encode_docs(hf: tokenizers.Tokenizer, docs: list[str], sep_id: int, dtype: str) -> tuple[np.ndarray, list[int]]:
+    """Ids of each document followed by the separator, concatenated, with each document's length."""
+    ids: list[int] = []
+    lengths: list[int] = []
+    for enc in hf.encode_batch(docs, add_special_tokens=False):
+        ids.extend(enc.ids)
+        ids.append(sep_id)
+        lengths.append(len(enc.ids) + 1)
+    return np.array(ids, dtype=dtype), lengths
+
+
+def _worker_init(tokenizer_json: str) -> None:
+    global _WORKER_HF
+    # Parallelism comes from the processes; Rust threads inside each worker would only compete.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    import tokenizers
+
+    _WORKER_HF = tokenizers.Tokenizer.from_str(tokenizer_json)
+
+
+def _worker_encode(task: tuple[list[str], int, str]) -> tuple[np.ndarray, list[int]]:
+    docs, sep_id, dtype = task
+    assert _WORKER_HF is not None, "worker initializer did not run"
+    return _encode_docs(_WORKER_HF, docs, sep_id, dtype)
+
+
+# ---------------------------------------------------------------------------------------------- prepare
+
+
+def _start_method() -> str:
+    """fork on Linux, spawn elsewhere.
+
+    spawn re-imports the caller's __main__ in every worker, which fails (and makes Pool respawn workers
+    forever) for scripts without a main guard or code fed on stdin. fork has no such need, and the
+    tokenizers library makes forked children drop its thread pool, so fork is safe here. macOS and Windows
+    keep spawn, their safe default.
+    """
+    return "fork" if sys.platform.startswith("linux") else "spawn"
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """Refuse to replace a folder that holds something other than a prepared corpus."""
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise DataError(f"{out_dir}: exists and is not a folder; choose another output folder")
+        if any(out_dir.iterdir()) and not (out_dir / META_FILE).is_file():
+            raise DataError(
+                f"{out_dir}: exists and is not a prepared corpus; choose another output folder or empty it"
+            )
+
+
+def _move_into_place(tmp: Path, out_dir: Path) -> None:
+    """Replace out_dir by the finished tmp folder; the old corpus is moved aside first, then deleted."""
+    old: Path | None = None
+    if out_dir.exists():
+        _check_out_dir(out_dir)
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _chunks(
+    files: Sequence[Path], text_field: str, on_error: str, size: int, counts: dict[str, int]
+) -> Iterator[list[str]]:
+    """Documents of every file in lists of ``size``; counts[file] records how many each file gave."""
+    chunk: list[str] = []
+    for file in files:
+        counts[str(file)] = 0
+        for doc in iter_documents(file, text_field=text_field, on_error=on_error):
+            counts[str(file)] += 1
+            chunk.append(doc)
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def _split_tail_to_val(tmp: Path, n_train: int, val_fraction: float, dtype: np.dtype) -> tuple[int, int]:
+    """Move the last val_fraction of train.bin into val.bin; returns the new (n_train, n_val)."""
+    n_val = min(max(1, round(n_train * val_fraction)), n_train - 1)
+    train_path, val_path = tmp / "train.bin", tmp / "val.bin"
+    tail = np.fromfile(train_path, dtype=dtype, count=n_val, offset=(n_train - n_val) * dtype.itemsize)
+    with open(val_path, "wb") as fh:
+        fh.write(tail.tobytes())
+    os.truncate(train_path, (n_train - n_val) * dtype.itemsize)
+    return n_train - n_val, n_val
+
+
+def prepare_corpus(
+    files: list[str | Path],
+    tokenizer: Tokenizer,
+    out_dir: str | Path,
+    val_fraction: float = 0.1,
+    workers: int = 0,
+    text_field: str = "text",
+    on_error: str = "raise",
+    chunk_docs: int = 256,
+    progress: bool = True,
+) -> CorpusMeta:
+    """Tokenize ``files`` into out_dir/{train,val}.bin (+ meta.json, tokenizer), streaming, and return the meta.
+
+    Every document is followed by tokenizer.sep_id. Document i goes to val when
+    ``i % round(1/val_fraction) == round(1/val_fraction) - 1``. When that leaves val empty (fewer documents
+    than the period, e.g. a single book) the last val_fraction of the train tokens become val instead.
+    workers=0 uses every CPU; workers<=1 tokenizes in this process. Output is identical for any worker count.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(files, (str, Path)):
+        files = [files]
+    paths = [Path(f) for f in files]
+    if not paths:
+        raise DataError("no input files given; pass one or more text, jsonl or parquet files")
+    if not 0.0 <= val_fraction <= 0.5:
+        raise ConfigError(f"val_fraction must be between 0 and 0.5, got {val_fraction}")
+    if chunk_docs <= 0:
+        raise ConfigError(f"chunk_docs must be a positive integer, got {chunk_docs}")
+    for p in paths:
+        if not p.exists():
+            raise DataError(f"{p}: no such file")
+    out_dir = Path(out_dir)
+    _check_out_dir(out_dir)
+    workers = (os.cpu_count() or 1) if workers == 0 else workers
+    period = round(1 / val_fraction) if val_fraction > 0 else 0
+    dtype = np.dtype(token_dtype(tokenizer.vocab_size))
+    sep_id = tokenizer.sep_id
+    where = ", ".join(str(p) for p in paths)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a hidden sibling and rename at the end: a crash never leaves a folder with a meta.json
+    # next to half-written shards.
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    pool = None
+    try:
+        counts: dict[str, int] = {}
+        chunks = _chunks(paths, text_field, on_error, chunk_docs, counts)
+        if workers > 1:
+            ctx = multiprocessing.get_context(_start_method())
+            pool = ctx.Pool(workers, initializer=_worker_init, initargs=(tokenizer.hf.to_str(),))
+            tasks = ((chunk, sep_id, dtype.name) for chunk in chunks)
+            results = pool.imap(_worker_encode, tasks)  # ordered, so the output never depends on timing
+        else:
+            results = (_encode_docs(tokenizer.hf, chunk, sep_id, dtype.name) for chunk in chunks)
+
+        n_docs = n_train = n_val = 0
+        bar = tqdm(desc="tokenizing", unit="doc", disable=not progress, dynamic_ncols=True)
+        start = time.perf_counter()
+        with open(tmp / "train.bin", "wb") as train_fh, open(tmp / "val.bin", "wb") as val_fh:
+            outs: dict[bool, BinaryIO] = {False: train_fh, True: val_fh}
+            for flat, lengths in results:
+                pos = 0
+                for length in lengths:
+                    is_val = period > 0 and n_docs % period == period - 1
+                    outs[is_val].write(flat[pos : pos + length].tobytes())
+                    if is_val:
+                        n_val += length
+                    else:
+                        n_train += length
+                    pos += length
+                    n_docs += 1
+                bar.update(len(lengths))
+                rate = (n_train + n_val) / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix_str(f"{n_train + n_val:,} tokens, {rate:,.0f} tok/s", refresh=False)
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+            pool = None
+
+        # Separators alone are not text: documents that encode to nothing leave an empty corpus too.
+        if n_docs == 0 or n_train + n_val == n_docs:
+            raise DataError(f"{where}: empty corpus, no text found")
+        if len(paths) > 1:
+            for name, count in counts.items():
+                if count == 0:
+                    warnings.warn(f"{name}: no documents found in this file; it adds nothing", stacklevel=2)
+        if period and n_val == 0 and n_train >= 2:
+            n_train, n_val = _split_tail_to_val(tmp, n_train, val_fraction, dtype)
+
+        meta = CorpusMeta(
+            vocab_size=tokenizer.vocab_size,
+            dtype=dtype.name,
+            n_train=n_train,
+            n_val=n_val,
+            n_docs=n_docs,
+            separator_id=sep_id,
+            tokenizer_kind=tokenizer.kind,
+            sources=[str(p.resolve()) for p in paths],
+        )
+        tokenizer.save(tmp)
+        meta.save(tmp)  # written last inside tmp: its presence marks a complete corpus
+        _move_into_place(tmp, out_dir)
+    except BaseException:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta

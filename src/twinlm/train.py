@@ -1,0 +1,351 @@
+"""The one training loop: AdamW, warmup + cosine, accumulation, clipping, autocast, DDP, checkpoints, resume.
+
+The loop knows nothing about objectives or data formats. A *task* supplies them:
+
+    task.loss_module(model) -> nn.Module whose forward(**batch) returns the scalar loss (DDP wraps this module,
+                               so the gradient all-reduce sees every parameter the loss used)
+    task.batch(step, micro, rank, world) -> dict of CPU tensors (a pure function of its arguments: exact resume)
+    task.tokens(batch) -> int   (for tokens/s)
+    task.evaluate(model, autocast) -> dict of metrics, e.g. {"val_loss": ..., "val_ppl": ...}
+
+Pretraining (twinlm.pretrain) is one task; fine-tuning is another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import checkpoint as ckpt
+from .errors import CheckpointError, ConfigError, TrainingDiverged
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping settings (the model's shape lives in ModelConfig)."""
+
+    max_steps: int = 1000
+    batch_size: int = 32  # rows per micro-batch on each process
+    grad_accum: int = 1
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.98)
+    grad_clip: float = 1.0
+    eval_every: int = 200
+    save_every: int = 500
+    keep_last: int = 2
+    log_every: int = 10
+    time_budget: float | None = None  # seconds of training; then save and stop cleanly
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "fp32"
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first impossible setting."""
+        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every", "keep_last"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.dtype not in ("fp32", "bf16"):
+            raise ConfigError(f"--dtype {self.dtype!r}: choose fp32 or bf16")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ConfigError(f"--device {self.device!r}: choose auto, cpu or cuda")
+
+
+class Task(Protocol):
+    def loss_module(self, model: nn.Module) -> nn.Module: ...
+    def batch(self, step: int, micro: int, rank: int, world: int) -> dict[str, Any]: ...
+    def tokens(self, batch: dict[str, Any]) -> int: ...
+    def evaluate(self, model: nn.Module, autocast: Callable[[], contextlib.AbstractContextManager]) -> dict: ...
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr over warmup_steps, then cosine decay to lr * min_lr_ratio at max_steps."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    floor = cfg.lr * cfg.min_lr_ratio
+    return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Decoupled weight decay on matrices only: never on norms, biases (1-D tensors)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without it is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+    return torch.device(name)
+
+
+def autocast_factory(device: torch.device, dtype: str) -> Callable[[], contextlib.AbstractContextManager]:
+    """A context-manager factory: bf16 autocast where the device supports it, else a no-op."""
+    if dtype == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError("--dtype bf16: this GPU has no bf16 support; use --dtype fp32")
+        return lambda: torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device_name: str) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); gloo on CPU, nccl on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name != "cpu" and torch.cuda.is_available()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        torch.cuda.set_device(local)
+    return DistInfo(rank, world, local)
+
+
+class MetricsLog:
+    """Append-only JSON-lines log in the run folder (rank 0 only)."""
+
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path = path
+        self.enabled = enabled
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after ``step``: a resumed run rewrites them, so no step appears twice."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path | None
+    step: int
+    metrics: dict[str, float]
+    tokens_per_s: float
+    elapsed_s: float
+    stopped_early: str | None = None
+
+
+class Trainer:
+    """Runs a task's loss through the optimiser for cfg.max_steps, saving and resuming atomically."""
+
+    def __init__(self, model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path,
+                 tokenizer: Any | None = None, run_info: dict[str, Any] | None = None) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.task = task
+        self.tokenizer = tokenizer
+        self.run_info = run_info or {}
+        self.run_dir = Path(run_dir)
+        self.dist = init_distributed(cfg.device)
+        self.device = resolve_device(cfg.device if cfg.device != "cuda" or self.dist.world == 1
+                                     else f"cuda:{self.dist.local_rank}")
+        self.autocast = autocast_factory(self.device, cfg.dtype)
+        self.model = model.to(self.device)
+        self.loss_module = task.loss_module(self.model).to(self.device)
+        if self.dist.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.loss_module = nn.parallel.DistributedDataParallel(self.loss_module, device_ids=ids)
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+        self.step = 0
+        self.tokens_seen = 0
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl", self.dist.main)
+
+    # -- checkpoints -------------------------------------------------------------------------------------------
+    def save(self) -> Path:
+        """Atomic checkpoint of model, optimizer, RNG and position (rank 0 writes, the others wait)."""
+        folder = ckpt.checkpoint_dir(self.run_dir, self.step)
+        if self.dist.main:
+            state = {
+                "step": self.step,
+                "tokens_seen": self.tokens_seen,
+                "rng": ckpt.rng_state_to_json(),
+                "train_config": asdict(self.cfg),
+                **self.run_info,
+            }
+            ckpt.save_checkpoint(folder, model_state=self.model.state_dict(), config=self.model.config,
+                                 tokenizer=self.tokenizer, trainer_state=state,
+                                 optimizer_state=self.optimizer.state_dict())
+            ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_last)
+        self._barrier()
+        return folder
+
+    def resume(self, source: str | None) -> None:
+        """``auto``: the newest valid checkpoint in the run folder, if any; else a checkpoint folder path."""
+        if not source:
+            return
+        folder = ckpt.latest_checkpoint(self.run_dir) if source == "auto" else Path(source)
+        if folder is None:
+            return
+        ckpt.verify_checkpoint(folder)
+        state = ckpt.load_model_state(folder, verify=False)
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise CheckpointError(f"{folder}: weights do not fit this model ({str(exc).splitlines()[0]})") from None
+        trainer_state, optim_state, _ = ckpt.load_training_state(folder, verify=False)
+        if optim_state is not None:
+            self.optimizer.load_state_dict(optim_state)
+        self.step = int(trainer_state["step"])
+        self.tokens_seen = int(trainer_state.get("tokens_seen", 0))
+        ckpt.restore_rng_state(trainer_state["rng"])
+        self.log.truncate_after(self.step)
+        if self.dist.main:
+            print(f"resumed from {folder} at step {self.step}")
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+    def _barrier(self) -> None:
+        if self.dist.world > 1:
+            dist.barrier()
+
+    def _agree(self, value: float) -> float:
+        """Sum a float over ranks so every rank takes the same decision (stop, NaN)."""
+        if self.dist.world == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return float(t.item())
+
+    def _train_step(self) -> tuple[float, int]:
+        """One optimizer step over grad_accum micro-batches; returns (mean loss, tokens on all ranks)."""
+        cfg, total, tokens = self.cfg, 0.0, 0
+        for micro in range(cfg.grad_accum):
+            batch = self.task.batch(self.step, micro, self.dist.rank, self.dist.world)
+            tokens += self.task.tokens(batch) * self.dist.world
+            batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            last = micro == cfg.grad_accum - 1
+            sync = contextlib.nullcontext() if last or self.dist.world == 1 else self.loss_module.no_sync()
+            with sync:
+                with self.autocast():
+                    loss = self.loss_module(**batch) / cfg.grad_accum
+                loss.backward()
+            total += loss.detach().float().item()
+        mean_loss = self._agree(total) / self.dist.world
+        if not math.isfinite(mean_loss):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(
+                f"loss became {mean_loss} at step {self.step + 1}; stopped without saving. The last good checkpoint "
+                f"is in {self.run_dir}; lower --lr, raise --warmup-steps or use --dtype fp32"
+            )
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return mean_loss, tokens
+
+    def evaluate(self) -> dict[str, float]:
+        self.model.eval()
+        with torch.no_grad():
+            metrics = self.task.evaluate(self.model, self.autocast)
+        self.model.train()
+        return metrics
+
+    def train(self, resume: str | None = None) -> TrainResult:
+        """Train to max_steps (or the time budget), evaluating, logging and checkpointing on the way."""
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        self.resume(resume)
+        self.model.train()
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.dist.main),
+                   desc="train", unit="step", dynamic_ncols=True)
+        start = time.perf_counter()
+        window_t, window_tokens = start, 0
+        metrics: dict[str, float] = {}
+        stopped: str | None = None
+        interrupted = {"flag": False}
+        previous = signal.getsignal(signal.SIGINT)
+        if self.dist.world == 1:  # Ctrl-C saves a checkpoint instead of losing the work since the last one
+            signal.signal(signal.SIGINT, lambda *_: interrupted.__setitem__("flag", True))
+        try:
+            while self.step < cfg.max_steps:
+                over = cfg.time_budget is not None and time.perf_counter() - start >= cfg.time_budget
+                if self._agree(float(over or interrupted["flag"])) > 0:
+                    stopped = "interrupted" if interrupted["flag"] else "time budget reached"
+                    break
+                loss, tokens = self._train_step()
+                self.tokens_seen += tokens
+                window_tokens += tokens
+                lr = lr_at(self.step - 1, cfg)
+                now = time.perf_counter()
+                tok_s = window_tokens / max(now - window_t, 1e-9)
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    self.log.write({"step": self.step, "loss": round(loss, 6), "lr": lr, "tokens_per_s": round(tok_s),
+                                    "tokens": self.tokens_seen, "elapsed_s": round(now - start, 3)})
+                    window_t, window_tokens = now, 0
+                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}", refresh=False)
+                bar.update(1)
+                if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
+                    metrics = self.evaluate()
+                    self.log.write({"step": self.step, **metrics})
+                    bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                if self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
+                    self.save()
+        finally:
+            bar.close()
+            if self.dist.world == 1:
+                signal.signal(signal.SIGINT, previous)
+        elapsed = time.perf_counter() - start
+        if stopped and not metrics:
+            metrics = self.evaluate()
+            self.log.write({"step": self.step, **metrics})
+        folder = self.save() if self.step > 0 else None
+        tokens_per_s = self._throughput()
+        if self.dist.main and stopped:
+            print(f"stopped at step {self.step} ({stopped}); checkpoint in {folder}")
+        return TrainResult(self.run_dir, folder, self.step, metrics, tokens_per_s, elapsed, stopped)
+
+    def _throughput(self) -> float:
+        """Median tokens/s over the logged windows (skips the first window, which includes warm-up)."""
+        if not self.log.path.exists():
+            return 0.0
+        rows = [json.loads(line) for line in self.log.path.read_text().splitlines() if line]
+        rates = sorted([r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]) or [0.0]
+        return float(rates[len(rates) // 2])

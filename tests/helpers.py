@@ -1,0 +1,38 @@
+"""Small builders shared by tests: a prepared character-level corpus and CLI runners."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shakespeare_excerpt(n_chars: int = 60_000) -> str:
+    """The first n_chars of the Tiny Shakespeare text embedded in the package."""
+    with resources.files("twinlm").joinpath("assets/tinyshakespeare.txt.gz").open("rb") as f:
+        return gzip.decompress(f.read()).decode()[:n_chars]
+
+
+def prepared_corpus(folder: Path, kind: str = "char", n_chars: int = 60_000) -> Path:
+    """Write an excerpt, train a tokenizer of ``kind`` on it and prepare shards in folder/data."""
+    from twinlm.data.corpus import prepare_corpus
+    from twinlm.tokenizer import train_tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    text = folder / "corpus.txt"
+    text.write_text(shakespeare_excerpt(n_chars))
+    tok = train_tokenizer([text], kind=kind, vocab_size=400)
+    prepare_corpus([text], tok, folder / "data", val_fraction=0.1, workers=1, progress=False)
+    return folder / "data"
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m twinlm.cli ARGS` and capture its output."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "twinlm.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=full_env, cwd=REPO)

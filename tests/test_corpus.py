@@ -1,0 +1,257 @@
+"""Readers and corpus preparation: documents, token shards, the split, and every kind of bad input."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from twinlm.data.corpus import CorpusMeta, TokenShard, load_meta, prepare_corpus, token_dtype
+from twinlm.data.readers import iter_documents
+from twinlm.errors import DataError
+from twinlm.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
+
+WORDS = ["the", "world", "is", "running", "quiet", "river", "stone", "hello", "over", "a"]
+
+
+def _docs(n: int) -> list[str]:
+    """n distinct multi-line documents of varying length."""
+    docs = []
+    for i in range(n):
+        lines = [" ".join(WORDS[(i + j + k) % len(WORDS)] for k in range(3 + (i + j) % 5)) for j in range(1 + i % 3)]
+        docs.append(f"Doc {i}: " + "\n".join(lines))
+    return docs
+
+
+def _write_txt(path: Path, docs: list[str]) -> Path:
+    path.write_text("\n\n".join(docs) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+    src = _write_txt(tmp_path_factory.mktemp("tok") / "train.txt", _docs(40))
+    return train_tokenizer([src], "bpe", vocab_size=320, min_frequency=1)
+
+
+# ------------------------------------------------------------------------------------------- readers
+
+
+def test_txt_paragraphs(tmp_path: Path) -> None:
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"\xef\xbb\xbfFirst line\r\nsecond line\r\n\r\n\n  \nThird para\n  indented\n\n\n")
+    assert list(iter_documents(path)) == ["First line\nsecond line", "Third para\n  indented"]
+
+
+def test_txt_gz_jsonl_parquet_and_folder(tmp_path: Path) -> None:
+    docs = _docs(5)
+    with gzip.open(tmp_path / "b.txt.gz", "wt", encoding="utf-8") as fh:
+        fh.write("\n\n".join(docs))
+    assert list(iter_documents(tmp_path / "b.txt.gz")) == docs
+    with open(tmp_path / "c.jsonl", "w") as fh:
+        for d in docs:
+            fh.write(json.dumps({"id": 1, "body": d}) + "\n\n")
+    assert list(iter_documents(tmp_path / "c.jsonl", text_field="body")) == docs
+    pq.write_table(pa.table({"text": docs + [None], "n": list(range(6))}), tmp_path / "d.parquet")
+    assert list(iter_documents(tmp_path / "d.parquet")) == docs
+    # A folder yields its supported files in sorted name order and ignores the others.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    _write_txt(folder / "b.txt", docs[:2])
+    (folder / "a.jsonl").write_text(json.dumps({"text": docs[2]}) + "\n")
+    pq.write_table(pa.table({"text": docs[3:]}), folder / "c.parquet")
+    (folder / "notes.md").write_text("not a corpus file")
+    assert list(iter_documents(folder)) == [docs[2], *docs[:2], *docs[3:]]
+
+
+def test_invalid_utf8_txt(tmp_path: Path) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"good line\n\nsecond \xff bad\nthird line\n")
+    with pytest.raises(DataError, match=r"bad\.txt: not valid UTF-8 at byte offset 18 \(line 3\).*--skip-bad-lines"):
+        list(iter_documents(path))
+    with pytest.warns(UserWarning, match=r"byte offset 18 \(line 3\)"):
+        docs = list(iter_documents(path, on_error="skip"))
+    assert docs == ["good line", "third line"]
+
+
+def test_jsonl_errors(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "ok"}\n{"body": "no text field"}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:2: no 'text' field; pass --text-field NAME"):
+        list(iter_documents(path))
+    with pytest.warns(UserWarning, match=r"d\.jsonl:2: no 'text' field"):
+        assert list(iter_documents(path, on_error="skip")) == ["ok"]
+    path.write_text('{"text": "ok"}\n\n{"text": "broken\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:3: invalid JSON"):
+        list(iter_documents(path))
+    path.write_text('{"text": 5}\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:1: field 'text' is int, not a string"):
+        list(iter_documents(path))
+    path.write_text('["text"]\n')
+    with pytest.raises(DataError, match=r"d\.jsonl:1: expected a JSON object"):
+        list(iter_documents(path))
+
+
+def test_parquet_missing_column(tmp_path: Path) -> None:
+    path = tmp_path / "t.parquet"
+    pq.write_table(pa.table({"content": ["a"], "id": [1]}), path)
+    with pytest.raises(DataError, match=r"t\.parquet: no column 'text'; columns are: content, id"):
+        list(iter_documents(path))
+    with pytest.raises(DataError, match=r"column 'id' has type int64, not string"):
+        list(iter_documents(path, text_field="id"))
+
+
+def test_missing_and_unknown_files(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"nope\.txt: no such file"):
+        list(iter_documents(tmp_path / "nope.txt"))
+    (tmp_path / "x.csv").write_text("a,b\n")
+    with pytest.raises(DataError, match=r"x\.csv: unsupported file type; use one of \.txt, \.txt\.gz, \.jsonl"):
+        list(iter_documents(tmp_path / "x.csv"))
+    with pytest.raises(DataError, match="no supported files"):
+        list(iter_documents(tmp_path))
+
+
+# ------------------------------------------------------------------------------------------- prepare
+
+
+def _expected(tok: Tokenizer, docs: list[str], period: int) -> tuple[list[int], list[int]]:
+    train: list[int] = []
+    val: list[int] = []
+    for i, d in enumerate(docs):
+        ids = [*tok.encode(d), tok.sep_id]
+        (val if period and i % period == period - 1 else train).extend(ids)
+    return train, val
+
+
+def test_prepare_contents(tok: Tokenizer, tmp_path: Path) -> None:
+    docs = _docs(23)
+    src = _write_txt(tmp_path / "c.txt", docs)
+    meta = prepare_corpus([src], tok, tmp_path / "out", val_fraction=0.2, workers=1, chunk_docs=4, progress=False)
+    train, val = _expected(tok, docs, period=5)
+    assert meta.n_docs == 23 and meta.dtype == "uint16" and meta.separator_id == tok.sep_id
+    assert meta.n_train + meta.n_val == sum(len(tok.encode(d)) for d in docs) + len(docs)
+    assert (meta.n_train, meta.n_val) == (len(train), len(val))
+    assert meta.vocab_size == tok.vocab_size and meta.tokenizer_kind == "bpe"
+    assert meta.sources == [str(src.resolve())]
+    assert load_meta(tmp_path / "out") == meta
+    tr, va = TokenShard(tmp_path / "out", "train"), TokenShard(tmp_path / "out", "val")
+    assert tr.tokens.dtype == np.uint16 and isinstance(tr.tokens, np.memmap)
+    assert tr.tokens.tolist() == train and va.tokens.tolist() == val and len(va) == len(val)
+    assert (tmp_path / "out" / "train.bin").stat().st_size == 2 * len(train)
+    # The saved tokenizer is the one used, and nothing temporary is left beside the output.
+    assert load_tokenizer(tmp_path / "out").encode(docs[0]) == tok.encode(docs[0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.txt", "out"]
+
+
+def test_workers_identical(tok: Tokenizer, tmp_path: Path) -> None:
+    src = _write_txt(tmp_path / "c.txt", _docs(30))
+    prepare_corpus([src], tok, tmp_path / "w1", val_fraction=0.1, workers=1, chunk_docs=3, progress=False)
+    prepare_corpus([src], tok, tmp_path / "w2", val_fraction=0.1, workers=2, chunk_docs=3, progress=False)
+    for name in ("train.bin", "val.bin", "meta.json"):
+        assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes()
+    assert load_meta(tmp_path / "w2").n_val > 0
+
+
+def test_single_document_tail_split(tok: Tokenizer, tmp_path: Path) -> None:
+    doc = " ".join(WORDS * 8)
+    src = _write_txt(tmp_path / "one.txt", [doc])
+    meta = prepare_corpus([src], tok, tmp_path / "out", val_fraction=0.1, workers=1, progress=False)
+    ids = [*tok.encode(doc), tok.sep_id]
+    n_val = round(len(ids) * 0.1)
+    assert (meta.n_train, meta.n_val, meta.n_docs) == (len(ids) - n_val, n_val, 1)
+    out = tmp_path / "out"
+    joined = TokenShard(out, "train").tokens.tolist() + TokenShard(out, "val").tokens.tolist()
+    assert joined == ids
+
+
+def test_prepare_no_val_and_replace(tok: Tokenizer, tmp_path: Path) -> None:
+    src = _write_txt(tmp_path / "c.txt", _docs(4))
+    out = tmp_path / "out"
+    prepare_corpus([src], tok, out, val_fraction=0.2, workers=1, progress=False)
+    meta = prepare_corpus([src], tok, out, val_fraction=0.0, workers=1, progress=False)  # replaces the old one
+    assert meta.n_val == 0 and len(TokenShard(out, "val")) == 0
+    assert TokenShard(out, "train").tokens.tolist() == _expected(tok, _docs(4), 0)[0]
+
+
+def test_prepare_multiple_formats(tok: Tokenizer, tmp_path: Path) -> None:
+    docs = _docs(6)
+    a = _write_txt(tmp_path / "a.txt", docs[:3])
+    b = tmp_path / "b.jsonl"
+    b.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs[3:]))
+    meta = prepare_corpus([a, b], tok, tmp_path / "out", val_fraction=0.0, workers=1, progress=False)
+    assert meta.n_docs == 6
+    assert TokenShard(tmp_path / "out", "train").tokens.tolist() == _expected(tok, docs, 0)[0]
+
+
+def test_token_dtype() -> None:
+    assert token_dtype(65535) == "uint16" and token_dtype(65536) == "uint32"
+
+
+# ------------------------------------------------------------------------------------------- prepare: bad input
+
+
+def test_prepare_missing_file(tok: Tokenizer, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"nope\.txt: no such file"):
+        prepare_corpus([tmp_path / "nope.txt"], tok, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_prepare_empty_file(tok: Tokenizer, tmp_path: Path) -> None:
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(DataError, match=r"empty\.txt: empty corpus, no text found"):
+        prepare_corpus([empty], tok, tmp_path / "out", workers=1, progress=False)
+    # The failed run leaves neither the output nor its temporary folder behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt"]
+
+
+def test_prepare_bad_jsonl_line(tok: Tokenizer, tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in _docs(5)) + '{"title": "x"}\n')
+    for workers in (1, 2):
+        with pytest.raises(DataError, match=r"d\.jsonl:6: no 'text' field"):
+            prepare_corpus([path], tok, tmp_path / "out", workers=workers, chunk_docs=2, progress=False)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
+
+
+def test_prepare_bad_utf8_skip(tok: Tokenizer, tmp_path: Path) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_bytes(b"hello world\n\nthe \xc3\x28 river\n\nquiet stone\n")
+    with pytest.raises(DataError, match="byte offset 17"):
+        prepare_corpus([path], tok, tmp_path / "out", workers=1, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        meta = prepare_corpus([path], tok, tmp_path / "out", val_fraction=0.0, on_error="skip", workers=1,
+                              progress=False)
+    assert any("byte offset 17 (line 3)" in str(w.message) for w in caught)
+    assert meta.n_docs == 2
+
+
+def test_prepare_refuses_foreign_out_dir(tok: Tokenizer, tmp_path: Path) -> None:
+    src = _write_txt(tmp_path / "c.txt", _docs(3))
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "precious.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a prepared corpus"):
+        prepare_corpus([src], tok, tmp_path / "out", progress=False)
+    assert (tmp_path / "out" / "precious.txt").read_text() == "keep me"
+
+
+def test_token_shard_not_prepared(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"not a prepared corpus \(no meta\.json\); run `twinlm prepare` first"):
+        TokenShard(tmp_path, "train")
+
+
+def test_token_shard_truncated(tok: Tokenizer, tmp_path: Path) -> None:
+    src = _write_txt(tmp_path / "c.txt", _docs(10))
+    prepare_corpus([src], tok, tmp_path / "out", workers=1, progress=False)
+    with open(tmp_path / "out" / "train.bin", "r+b") as fh:
+        fh.truncate(10)
+    with pytest.raises(DataError, match="corrupted"):
+        TokenShard(tmp_path / "out", "train")
+    assert isinstance(load_meta(tmp_path / "out"), CorpusMeta)
