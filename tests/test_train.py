@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import REPO, prepared_corpus
 from twinlm import checkpoint as ckpt
 from twinlm.config import ModelConfig
 from twinlm.errors import TrainingDiverged
@@ -20,9 +21,7 @@ from twinlm.model import LanguageModel
 from twinlm.pipelines import load_pretrained
 from twinlm.pretrain import PretrainOptions
 from twinlm.runs import pretrain_run
-from twinlm.train import Trainer, TrainConfig, lr_at, param_groups
-
-from helpers import REPO, prepared_corpus
+from twinlm.train import TrainConfig, Trainer, lr_at, param_groups
 
 SMALL = ["--preset", "tiny", "--seq-len", "32", "--batch-size", "4", "--log-every", "1", "--no-progress",
          "--eval-every", "1000", "--lr", "3e-3", "--warmup-steps", "5"]

@@ -8,6 +8,7 @@ saved as ``tokenizer.json`` plus a small ``twinlm_tokenizer.json`` sidecar namin
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -252,6 +253,7 @@ def train_tokenizer(
             min_frequency=min_frequency,
             special_tokens=list(WORDPIECE_SPECIAL_ORDER),
             continuing_subword_prefix="##",
+            show_progress=_interactive(),
         )
         hf.train_from_iterator(docs, trainer)
         _empty_check(counter, where)
@@ -269,6 +271,7 @@ def train_tokenizer(
             special_tokens=[AddedToken(EOT, special=True), _mask_token()],
             # All 256 bytes from the start, so any text encodes without an unknown token.
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=_interactive(),
         )
         hf.train_from_iterator(docs, trainer)
         _empty_check(counter, where)
@@ -292,6 +295,11 @@ def train_tokenizer(
         hf.normalizer = normalizers.Lowercase()
     _char_pipeline(hf)
     return Tokenizer(hf, "char", _char_specials(), source="trained char")
+
+
+def _interactive() -> bool:
+    """The library's own progress bar only on a terminal: in logs and CI it prints bare blank lines."""
+    return sys.stderr.isatty()
 
 
 def _empty_check(counter: list[int], where: str) -> None:

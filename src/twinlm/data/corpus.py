@@ -257,9 +257,13 @@ def prepare_corpus(
             results = (_encode_docs(tokenizer.hf, chunk, sep_id, dtype.name) for chunk in chunks)
 
         n_docs = n_train = n_val = 0
-        bar = tqdm(desc="tokenizing", unit="doc", disable=not progress, dynamic_ncols=True)
         start = time.perf_counter()
-        with open(tmp / "train.bin", "wb") as train_fh, open(tmp / "val.bin", "wb") as val_fh:
+        # The bar closes on errors too, so a one-line error message starts on a line of its own.
+        with (
+            tqdm(desc="tokenizing", unit="doc", disable=not progress, dynamic_ncols=True) as bar,
+            open(tmp / "train.bin", "wb") as train_fh,
+            open(tmp / "val.bin", "wb") as val_fh,
+        ):
             outs: dict[bool, BinaryIO] = {False: train_fh, True: val_fh}
             for flat, lengths in results:
                 pos = 0
@@ -275,7 +279,6 @@ def prepare_corpus(
                 bar.update(len(lengths))
                 rate = (n_train + n_val) / max(time.perf_counter() - start, 1e-9)
                 bar.set_postfix_str(f"{n_train + n_val:,} tokens, {rate:,.0f} tok/s", refresh=False)
-        bar.close()
         if pool is not None:
             pool.close()
             pool.join()

@@ -1,0 +1,155 @@
+"""The command line: help with examples, and every user mistake as one clear line without a traceback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import prepared_corpus, run_cli
+from twinlm.cli import EXAMPLES, build_parser, main
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return prepared_corpus(tmp_path_factory.mktemp("cli"), kind="bpe", n_chars=30_000)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, data) -> dict[str, Path]:
+    runs = {}
+    for objective in ("mlm", "clm"):
+        out = tmp_path_factory.mktemp(objective)
+        code = main(["pretrain", "--objective", objective, "--data", str(data), "--out", str(out), "--seq-len", "32",
+                     "--batch-size", "4", "--max-steps", "4", "--eval-every", "4", "--no-progress"])
+        assert code == 0
+        runs[objective] = out
+    return runs
+
+
+def one_line_error(capsys, argv: list[str], *needles: str) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "Traceback" not in err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("twinlm: error:"), err
+    for needle in needles:
+        assert needle in line, (needle, line)
+    return line
+
+
+def test_every_command_has_help_with_an_example(capsys):
+    parser = build_parser()
+    help_text = parser.format_help()
+    for command in EXAMPLES:
+        assert command in help_text
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--help"])
+        assert exit_info.value.code == 0
+        assert "example:" in capsys.readouterr().out
+
+
+def test_fill_mask_and_sample_run_on_trained_models(capsys, trained):
+    assert main(["fill-mask", "--model", str(trained["mlm"]), "--json", "--top-k", "3", "To be or not to [MASK]."]) == 0
+    preds = json.loads(capsys.readouterr().out)
+    assert len(preds) == 1 and len(preds[0]) == 3
+    scores = [p["score"] for p in preds[0]]
+    assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0
+    assert main(["sample", "--model", str(trained["clm"]), "--prompt", "ROMEO:", "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out.startswith("ROMEO:")
+
+
+def test_unknown_preset(capsys, data, tmp_path):
+    one_line_error(capsys, ["pretrain", "--objective", "mlm", "--preset", "huge", "--data", str(data),
+                            "--out", str(tmp_path)], "huge", "tiny")
+
+
+def test_unknown_objective(capsys, data, tmp_path):
+    one_line_error(capsys, ["pretrain", "--objective", "plm", "--data", str(data), "--out", str(tmp_path)],
+                   "plm", "mlm, clm, hybrid")
+
+
+def test_seq_len_above_max_positions(capsys, data, tmp_path):
+    one_line_error(capsys, ["pretrain", "--objective", "clm", "--data", str(data), "--out", str(tmp_path),
+                            "--seq-len", "4096"], "max_positions=256", "--seq-len")
+
+
+def test_missing_corpus_file(capsys, tmp_path):
+    one_line_error(capsys, ["prepare", str(tmp_path / "nope.txt"), "--tokenizer", str(tmp_path), "--out",
+                            str(tmp_path / "d")])
+
+
+def test_empty_corpus_file(capsys, tmp_path, data):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    one_line_error(capsys, ["prepare", str(empty), "--tokenizer", str(data), "--out", str(tmp_path / "d")],
+                   "empty.txt", "empty")
+
+
+def test_non_utf8_corpus_names_file_and_offset(capsys, tmp_path, data):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes(b"good line\nbad \xe9 line\n")
+    one_line_error(capsys, ["prepare", str(bad), "--tokenizer", str(data), "--out", str(tmp_path / "d")],
+                   "latin1.txt", "byte offset 14")
+    with pytest.warns(UserWarning, match="byte offset 14"):
+        assert main(["prepare", str(bad), "--tokenizer", str(data), "--out", str(tmp_path / "d"),
+                     "--skip-bad-lines", "--val-fraction", "0"]) == 0
+
+
+def test_jsonl_line_without_text_field(capsys, tmp_path, data):
+    f = tmp_path / "docs.jsonl"
+    f.write_text('{"text": "fine"}\n{"body": "no text field"}\n')
+    one_line_error(capsys, ["prepare", str(f), "--tokenizer", str(data), "--out", str(tmp_path / "d")],
+                   "docs.jsonl:2", "--text-field")
+
+
+def test_data_folder_that_is_not_prepared(capsys, tmp_path):
+    one_line_error(capsys, ["pretrain", "--objective", "mlm", "--data", str(tmp_path), "--out", str(tmp_path / "o")],
+                   "twinlm prepare")
+
+
+def test_vocabulary_checkpoint_mismatch(capsys, tmp_path, trained):
+    import shutil
+
+    from twinlm.pipelines import resolve_model_dir
+    from twinlm.tokenizer import train_tokenizer
+
+    folder = tmp_path / "model"
+    shutil.copytree(resolve_model_dir(trained["mlm"]), folder)
+    (folder / "manifest.json").unlink()
+    (folder / "trainer_state.json").unlink()
+    (folder / "optimizer.safetensors").unlink()
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abc def\n\nghi jkl\n")
+    train_tokenizer([corpus], kind="char", vocab_size=10).save(folder)
+    one_line_error(capsys, ["fill-mask", "--model", str(folder), "a [MASK] b"], "vocab_size", "tokenizer")
+
+
+def test_corrupted_checkpoint_falls_back_and_truncated_single_one_is_an_error(capsys, tmp_path, data):
+    out = tmp_path / "run"
+    args = ["pretrain", "--objective", "clm", "--data", str(data), "--out", str(out), "--seq-len", "32",
+            "--batch-size", "2", "--max-steps", "4", "--save-every", "2", "--no-progress", "--eval-every", "100"]
+    assert main(args) == 0
+    newest = out / "checkpoint-0000004" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # truncate the newest
+    with pytest.warns(UserWarning, match="checkpoint-0000004"):
+        assert main(["sample", "--model", str(out), "--prompt", "A", "--max-new-tokens", "2"]) == 0
+    capsys.readouterr()
+    one_line_error(capsys, ["sample", "--model", str(out / "checkpoint-0000004"), "--prompt", "A"],
+                   "model.safetensors", "truncated")
+
+
+def test_fill_mask_without_mask_and_causal_prompt_too_long(capsys, trained):
+    one_line_error(capsys, ["fill-mask", "--model", str(trained["mlm"]), "no mask here"], "[MASK]")
+    one_line_error(capsys, ["sample", "--model", str(trained["clm"]), "--prompt", "A", "--max-new-tokens", "5000"],
+                   "max_positions")
+
+
+def test_console_script_runs_as_a_process(tmp_path):
+    result = run_cli("pretrain", "--objective", "mlm", "--preset", "nope", "--data", str(tmp_path), "--out",
+                     str(tmp_path / "o"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith("twinlm: error:")
+    assert run_cli("--help").stdout.count("quickstart") >= 1
