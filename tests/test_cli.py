@@ -141,6 +141,11 @@ def test_corrupted_checkpoint_falls_back_and_truncated_single_one_is_an_error(ca
                    "model.safetensors", "truncated")
 
 
+def test_each_paradigm_refuses_the_other_ones_job(capsys, trained):
+    one_line_error(capsys, ["fill-mask", "--model", str(trained["clm"]), "a [MASK] b"], "causal LM", "sample")
+    one_line_error(capsys, ["sample", "--model", str(trained["mlm"]), "--prompt", "A"], "masked LM", "fill-mask")
+
+
 def test_fill_mask_without_mask_and_causal_prompt_too_long(capsys, trained):
     one_line_error(capsys, ["fill-mask", "--model", str(trained["mlm"]), "no mask here"], "[MASK]")
     one_line_error(capsys, ["sample", "--model", str(trained["clm"]), "--prompt", "A", "--max-new-tokens", "5000"],

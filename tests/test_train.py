@@ -184,3 +184,19 @@ def test_no_weight_decay_on_norms_and_biases():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() == 1 for p in no_decay["params"])
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_bf16_autocast_step_tracks_fp32(tmp_path, data):
+    from twinlm.pretrain import PretrainTask
+    from twinlm.tokenizer import load_tokenizer
+
+    task = PretrainTask(data, load_tokenizer(data), PretrainOptions("clm", 32), 256, 4, 1, 0)
+    result = {}
+    for dtype in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = LanguageModel(ModelConfig(vocab_size=load_tokenizer(data).vocab_size, n_layers=1, d_model=32,
+                                          n_heads=2, d_ff=64, max_positions=64))
+        trainer = Trainer(model, task, _cfg(max_steps=1, dtype=dtype, eval_every=1), tmp_path / dtype)
+        result[dtype] = trainer.train().metrics["val_loss"]
+    assert result["fp32"] != result["bf16"]  # autocast really ran in bf16
+    assert abs(result["fp32"] - result["bf16"]) < 0.05

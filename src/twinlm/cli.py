@@ -115,8 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                         epilog=_example("quickstart"), formatter_class=fmt)
     qs.add_argument("--out", default="runs/quickstart")
     qs.add_argument("--corpus", default=None, help="text file to use instead of the embedded Tiny Shakespeare")
-    qs.add_argument("--max-steps", type=int, default=300, help="optimizer steps per model (the same for both)")
-    qs.add_argument("--time-budget", type=float, default=110.0,
+    qs.add_argument("--max-steps", type=int, default=600, help="optimizer steps per model (the same for both)")
+    qs.add_argument("--time-budget", type=float, default=120.0,
                     help="safety cap in training seconds per model; a model that hits it stops early and says so")
     qs.add_argument("--seed", type=int, default=0)
     qs.add_argument("--no-progress", action="store_true")

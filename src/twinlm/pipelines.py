@@ -58,6 +58,10 @@ class MaskPrediction:
 @torch.no_grad()
 def fill_mask(model: LanguageModel, tokenizer: Tokenizer, text: str, top_k: int = 5) -> list[list[MaskPrediction]]:
     """Top-k predictions for each [MASK] in ``text`` (bidirectional attention), each with the filled sentence."""
+    trained_as = model.config.extra.get("objective")
+    if model.config.attention == "causal" and trained_as != "hybrid":
+        raise ConfigError("fill-mask needs a masked (bidirectional) or hybrid model; this one is a causal LM "
+                          "(use `twinlm sample` with it)")
     mask_token = tokenizer.id_to_token(tokenizer.mask_id)
     if mask_token not in text:
         raise ConfigError(f"the text has no {mask_token} token to fill: {text!r}")
@@ -67,7 +71,9 @@ def fill_mask(model: LanguageModel, tokenizer: Tokenizer, text: str, top_k: int 
     device = next(model.parameters()).device
     x = torch.tensor([ids], device=device)
     positions = (x[0] == tokenizer.mask_id).nonzero().squeeze(1)
-    probs = model.head(model.hidden(x, attention="bidirectional")[0, positions]).softmax(-1)
+    logits = model.head(model.hidden(x, attention="bidirectional")[0, positions]).float()
+    logits[:, tokenizer.special_ids] = float("-inf")  # a blank is filled with text, never with [MASK] or [PAD]
+    probs = logits.softmax(-1)
     results = []
     for row, pos in zip(probs, positions.tolist(), strict=True):
         scores, top = row.topk(top_k)
@@ -75,7 +81,7 @@ def fill_mask(model: LanguageModel, tokenizer: Tokenizer, text: str, top_k: int 
         for score, tid in zip(scores.tolist(), top.tolist(), strict=True):
             filled = list(ids)
             filled[pos] = tid
-            preds.append(MaskPrediction(tokenizer.decode([tid]).strip(), tid, score,
+            preds.append(MaskPrediction(tokenizer.decode([tid]), tid, score,
                                         tokenizer.decode(filled, skip_special=True)))
         results.append(preds)
     return results
@@ -85,6 +91,9 @@ def fill_mask(model: LanguageModel, tokenizer: Tokenizer, text: str, top_k: int 
 def sample(model: LanguageModel, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 50,
            temperature: float = 0.0, top_k: int | None = None, seed: int = 0, stop_at_eos: bool = True) -> str:
     """A continuation of ``prompt`` under the causal mask: greedy at temperature 0, else seeded sampling."""
+    if model.config.attention == "bidirectional":
+        raise ConfigError("sample needs a causal or hybrid model; this one is a masked LM (use `twinlm fill-mask`; "
+                          "mask-predict generation for masked models is planned)")
     ids = tokenizer.encode(prompt) if prompt else [tokenizer.eos_id]
     limit = model.config.max_positions
     if len(ids) + max_new_tokens > limit:

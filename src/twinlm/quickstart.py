@@ -34,8 +34,8 @@ def embedded_corpus(dest: Path) -> Path:
     return dest
 
 
-def quickstart(out: str | Path, corpus: str | Path | None = None, time_budget: float = 110.0,
-               max_steps: int = 300, seed: int = 0, progress: bool = True) -> dict:
+def quickstart(out: str | Path, corpus: str | Path | None = None, time_budget: float = 120.0,
+               max_steps: int = 600, seed: int = 0, progress: bool = True) -> dict:
     """Run the whole comparison; returns the table rows. Everything is written under ``out``."""
     started = time.perf_counter()
     out = Path(out)
