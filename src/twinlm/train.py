@@ -55,6 +55,9 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "fp32"
     progress: bool = True
+    best_metric: str | None = None  # e.g. "accuracy": keep run_dir/best at its best evaluation
+    greater_is_better: bool = True
+    patience: int | None = None  # stop after this many evaluations without improvement
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -192,6 +195,8 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
         self.step = 0
         self.tokens_seen = 0
+        self.best: float | None = None
+        self.evals_without_gain = 0
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", self.dist.main)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
@@ -202,6 +207,8 @@ class Trainer:
             state = {
                 "step": self.step,
                 "tokens_seen": self.tokens_seen,
+                "best": self.best,
+                "evals_without_gain": self.evals_without_gain,
                 "rng": ckpt.rng_state_to_json(),
                 "train_config": asdict(self.cfg),
                 **self.run_info,
@@ -231,10 +238,32 @@ class Trainer:
             self.optimizer.load_state_dict(optim_state)
         self.step = int(trainer_state["step"])
         self.tokens_seen = int(trainer_state.get("tokens_seen", 0))
+        self.best = trainer_state.get("best")
+        self.evals_without_gain = int(trainer_state.get("evals_without_gain", 0))
         ckpt.restore_rng_state(trainer_state["rng"])
         self.log.truncate_after(self.step)
         if self.dist.main:
             print(f"resumed from {folder} at step {self.step}")
+
+    def track_best(self, metrics: dict[str, float]) -> bool:
+        """Keep run_dir/best at the best evaluation so far; True when patience has run out."""
+        name = self.cfg.best_metric
+        if not name:
+            return False
+        if name not in metrics:
+            raise ConfigError(f"best metric {name!r} is not among the evaluation metrics ({', '.join(metrics)})")
+        value = float(metrics[name])
+        gain = self.best is None or (value > self.best if self.cfg.greater_is_better else value < self.best)
+        if gain:
+            self.best, self.evals_without_gain = value, 0
+            if self.dist.main:
+                ckpt.save_model(self.run_dir / "best", model_state=self.model.state_dict(), config=self.model.config,
+                                tokenizer=self.tokenizer)
+                (self.run_dir / "best_metrics.json").write_text(json.dumps({"step": self.step, **metrics}))
+            self._barrier()
+        else:
+            self.evals_without_gain += 1
+        return self.cfg.patience is not None and self.evals_without_gain >= self.cfg.patience
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def _barrier(self) -> None:
@@ -326,6 +355,9 @@ class Trainer:
                     metrics = self.evaluate()
                     self.log.write({"step": self.step, **metrics})
                     bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+                    if self.track_best(metrics):
+                        stopped = f"early stopping: no gain in {self.cfg.best_metric} for {self.cfg.patience} evals"
+                        break
                 if self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
                     self.save()
         finally:

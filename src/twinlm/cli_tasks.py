@@ -1,0 +1,140 @@
+"""`twinlm finetune`, `evaluate`, `classify`, `answer` and `tag`: the understanding-task commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import TwinLMError
+
+EXAMPLES = {
+    "finetune": ("twinlm finetune --task classify --init ../shared/data/checkpoints/all-MiniLM-L6-v2 "
+                 "--train sst2_train.tsv --eval sst2_dev.tsv --out runs/sst2 --epochs 2"),
+    "evaluate": "twinlm evaluate --task classify --model runs/sst2 --data sst2_dev.tsv",
+    "classify": 'twinlm classify --model runs/sst2 "a charming and often affecting journey"',
+    "answer": 'twinlm answer --model runs/squad --question "Who won?" --context "The Broncos won the game."',
+    "tag": 'twinlm tag --model runs/conll "EU rejects German call to boycott British lamb ."',
+}
+
+
+def _epilog(name: str) -> str:
+    return f"example:\n  {EXAMPLES[name]}"
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-seq-len", type=int, default=128)
+    p.add_argument("--doc-stride", type=int, default=128, help="qa: overlap between context windows, in tokens")
+    p.add_argument("--max-answer-len", type=int, default=30, help="qa: longest answer span, in tokens")
+    p.add_argument("--text-column", default=None, help="classify: text column (default: 'text' or 'sentence')")
+    p.add_argument("--pair-column", default=None, help="classify: second text column for sentence pairs")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--problem", default="single_label", choices=["single_label", "multi_label", "regression"])
+
+
+def add_parsers(sub: argparse._SubParsersAction, fmt: type, train_flags) -> None:
+    """Register the task commands on the main parser's sub-parsers."""
+    ft = sub.add_parser("finetune", help="fine-tune an encoder (or decoder) for classify, qa or ner",
+                        epilog=_epilog("finetune"), formatter_class=fmt)
+    ft.add_argument("--task", required=True, help="classify | qa | ner")
+    ft.add_argument("--init", required=True, help="twinlm run/model folder or Hugging Face folder to start from")
+    ft.add_argument("--train", required=True, help="TSV/CSV/JSONL (classify), SQuAD JSON (qa), CoNLL (ner)")
+    ft.add_argument("--eval", default=None, help="labelled evaluation file (early stopping, best checkpoint)")
+    ft.add_argument("--out", required=True)
+    ft.add_argument("--epochs", type=float, default=3.0)
+    ft.add_argument("--patience", type=int, default=2, help="evaluations without gain before stopping")
+    ft.add_argument("--max-train-rows", type=int, default=None)
+    ft.add_argument("--max-eval-rows", type=int, default=None)
+    _data_flags(ft)
+    train_flags(ft)
+    ft.set_defaults(lr=5e-5, warmup_steps=0, batch_size=32, eval_every=10**9, save_every=10**9)
+
+    ev = sub.add_parser("evaluate", help="metrics of a fine-tuned model on a labelled file",
+                        epilog=_epilog("evaluate"), formatter_class=fmt)
+    ev.add_argument("--task", required=True)
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--out", default=None, help="metrics JSON file (default: MODEL/eval_<file>.json)")
+    ev.add_argument("--max-rows", type=int, default=None)
+    ev.add_argument("--batch-size", type=int, default=64)
+
+    cl = sub.add_parser("classify", help="label texts with a fine-tuned classifier", epilog=_epilog("classify"),
+                        formatter_class=fmt)
+    cl.add_argument("texts", nargs="+")
+    cl.add_argument("--model", required=True)
+
+    an = sub.add_parser("answer", help="extract an answer span from a context", epilog=_epilog("answer"),
+                        formatter_class=fmt)
+    an.add_argument("--model", required=True)
+    an.add_argument("--question", required=True)
+    an.add_argument("--context", required=True, help="the text, or @FILE to read it from a file")
+
+    tg = sub.add_parser("tag", help="named entities with character offsets", epilog=_epilog("tag"),
+                        formatter_class=fmt)
+    tg.add_argument("texts", nargs="+")
+    tg.add_argument("--model", required=True)
+
+
+def cmd_finetune(args: argparse.Namespace, train_config) -> None:
+    from .finetune import FinetuneOptions, finetune_run
+
+    opts = FinetuneOptions(task=args.task, max_seq_len=args.max_seq_len, doc_stride=args.doc_stride,
+                           max_answer_len=args.max_answer_len, problem=args.problem, text_column=args.text_column,
+                           pair_column=args.pair_column, label_column=args.label_column,
+                           max_train_rows=args.max_train_rows, max_eval_rows=args.max_eval_rows)
+    cfg = train_config(args)
+    cfg.patience = args.patience
+    result, best = finetune_run(args.init, args.train, args.eval, args.out, opts, cfg, args.epochs, args.resume)
+    print(f"done: step {result.step}" + (f" ({result.stopped_early})" if result.stopped_early else ""))
+    if best:
+        print("best: " + ", ".join(f"{k} {v:.4f}" for k, v in best.items() if k != "step") + f" at step {best['step']}")
+        print(f"best model: {Path(args.out) / 'best'}")
+    print(f"last checkpoint: {result.checkpoint}\nmetrics: {Path(args.out) / 'metrics.jsonl'}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from .finetune import _opts_for, build_data, load_task_model, score_task, task_info
+
+    model, tok = load_task_model(args.model, args.task)
+    opts = _opts_for(model)
+    opts.eval_batch_size = args.batch_size
+    data, _ = build_data(args.data, tok, opts, task_info(model)["labels"], False, args.max_rows)
+    metrics, _ = score_task(model, data, tok, opts)
+    for name, value in metrics.items():
+        print(f"{name}: {value:.4f}")
+    folder = Path(args.model)
+    default = (folder if folder.is_dir() else folder.parent) / f"eval_{Path(args.data).stem}.json"
+    out = Path(args.out) if args.out else default
+    out.write_text(json.dumps({"task": args.task, "data": str(args.data), **metrics}, indent=2) + "\n")
+    print(f"metrics written to {out}")
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    from .finetune import classify, load_task_model
+
+    model, tok = load_task_model(args.model, "classify")
+    for text, pred in zip(args.texts, classify(model, tok, args.texts), strict=True):
+        print(json.dumps({"text": text, **pred}))
+
+
+def cmd_answer(args: argparse.Namespace) -> None:
+    from .finetune import answer, load_task_model
+
+    context = args.context
+    if context.startswith("@"):
+        try:
+            context = Path(context[1:]).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise TwinLMError(f"{context[1:]}: cannot read the context file ({exc.strerror})") from None
+    model, tok = load_task_model(args.model, "qa")
+    print(json.dumps(answer(model, tok, args.question, context)))
+
+
+def cmd_tag(args: argparse.Namespace) -> None:
+    from .finetune import load_task_model, tag
+
+    model, tok = load_task_model(args.model, "ner")
+    for text, found in zip(args.texts, tag(model, tok, args.texts), strict=True):
+        json.dump({"text": text, "entities": found}, sys.stdout)
+        print()

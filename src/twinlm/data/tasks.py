@@ -1,0 +1,403 @@
+"""Readers and featurisers for the understanding tasks: classification, extractive QA (SQuAD) and NER (CoNLL).
+
+Readers give clear errors (file:line and what is wrong). Featurisers turn examples into token ids with the labels
+the heads need: QA contexts longer than the window are split into overlapping windows whose answers are mapped to
+token spans through the tokenizer's character offsets; NER labels sit on the first sub-token of each word.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import DataError
+
+IGNORE = -100
+
+
+# -- classification -------------------------------------------------------------------------------------------
+@dataclass
+class ClassExample:
+    text: str
+    pair: str | None
+    label: Any  # str for single/multi-label, float for regression, None when unlabelled
+    line: int
+
+
+def _rows(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """Rows of a TSV/CSV (header required) or JSONL file, with their 1-based line numbers."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    rows, lines = [], []
+    try:
+        if suffix == ".jsonl":
+            with path.open(encoding="utf-8") as f:
+                for n, line in enumerate(f, 1):
+                    if line.strip():
+                        try:
+                            row = json.loads(line)
+                        except json.JSONDecodeError as exc:
+                            raise DataError(f"{path}:{n}: not valid JSON ({exc.msg})") from None
+                        if not isinstance(row, dict):
+                            raise DataError(f"{path}:{n}: expected a JSON object per line")
+                        rows.append(row)
+                        lines.append(n)
+        elif suffix in (".tsv", ".csv"):
+            with path.open(encoding="utf-8", newline="") as f:
+                reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",", quoting=csv.QUOTE_NONE
+                                        if suffix == ".tsv" else csv.QUOTE_MINIMAL)
+                for row in reader:
+                    rows.append(row)
+                    lines.append(reader.line_num)
+        else:
+            raise DataError(f"{path}: unsupported file type {suffix!r}; use .tsv, .csv or .jsonl")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid UTF-8 at byte offset {exc.start}; re-encode the file as UTF-8") from None
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    return rows, lines
+
+
+def read_classification(path: str | Path, text_column: str | None = None, label_column: str = "label",
+                        pair_column: str | None = None, problem: str = "single_label",
+                        max_rows: int | None = None) -> list[ClassExample]:
+    """Examples from a TSV/CSV with a header, or JSONL. text_column None: 'text' or 'sentence', whichever exists."""
+    path = Path(path)
+    rows, lines = _rows(path)
+    columns = list(rows[0].keys())
+    if text_column is None:
+        text_column = next((c for c in ("text", "sentence") if c in columns), None)
+        if text_column is None:
+            raise DataError(f"{path}: no 'text' or 'sentence' column (columns: {', '.join(columns)}); "
+                            f"pass --text-column")
+    for needed in (text_column, pair_column):
+        if needed and needed not in columns:
+            raise DataError(f"{path}: no column {needed!r} (columns: {', '.join(columns)})")
+    out = []
+    for row, n in zip(rows[:max_rows] if max_rows else rows, lines, strict=False):
+        text = row.get(text_column)
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{path}:{n}: empty text in column {text_column!r}")
+        pair = row.get(pair_column) if pair_column else None
+        if pair_column and (not isinstance(pair, str) or not pair.strip()):
+            raise DataError(f"{path}:{n}: empty text in column {pair_column!r}")
+        label = row.get(label_column)
+        if label is not None and problem == "regression":
+            try:
+                label = float(label)
+            except (TypeError, ValueError):
+                raise DataError(f"{path}:{n}: label {label!r} is not a number (regression)") from None
+        elif label is not None:
+            label = str(label).strip()
+        out.append(ClassExample(text.strip(), pair.strip() if pair else None, label, n))
+    return out
+
+
+def label_list(examples: list[ClassExample], problem: str) -> list[str]:
+    """The sorted label vocabulary of a training set (multi-label: comma-separated labels)."""
+    if problem == "regression":
+        return ["score"]
+    labels: set[str] = set()
+    for ex in examples:
+        if ex.label is None or ex.label == "":
+            raise DataError(f"line {ex.line}: no label")
+        labels.update(ex.label.split(",") if problem == "multi_label" else [ex.label])
+    return sorted(labels, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
+
+
+def encode_pair(tokenizer: Any, text: str, pair: str | None, max_len: int) -> tuple[list[int], list[int]]:
+    """[CLS] text [SEP] (pair [SEP]) truncated longest-first to max_len; returns (ids, token type ids)."""
+    a = tokenizer.hf.encode(text, add_special_tokens=False).ids
+    b = tokenizer.hf.encode(pair, add_special_tokens=False).ids if pair else []
+    budget = max_len - (3 if pair else 2)
+    while len(a) + len(b) > budget:
+        if len(a) >= len(b):
+            a.pop()
+        else:
+            b.pop()
+    ids = [tokenizer.cls_id, *a, tokenizer.sep_id]
+    types = [0] * len(ids)
+    if pair:
+        ids += [*b, tokenizer.sep_id]
+        types += [1] * (len(b) + 1)
+    return ids, types
+
+
+def featurize_classification(examples: list[ClassExample], tokenizer: Any, labels: list[str], problem: str,
+                             max_len: int, source: str = "") -> list[dict[str, Any]]:
+    """Token ids and label targets; an eval label not seen in training is an error naming it and its line."""
+    index = {label: i for i, label in enumerate(labels)}
+    feats = []
+    for ex in examples:
+        ids, types = encode_pair(tokenizer, ex.text, ex.pair, max_len)
+        feat: dict[str, Any] = {"input_ids": ids, "token_type_ids": types}
+        if ex.label is not None and ex.label != "":
+            if problem == "regression":
+                feat["labels"] = float(ex.label)
+            else:
+                names = ex.label.split(",") if problem == "multi_label" else [ex.label]
+                unknown = [x for x in names if x not in index]
+                if unknown:
+                    raise DataError(f"{source}:{ex.line}: label {unknown[0]!r} was not in the training labels "
+                                    f"({', '.join(labels)})")
+                if problem == "multi_label":
+                    feat["labels"] = [1.0 if x in names else 0.0 for x in labels]
+                else:
+                    feat["labels"] = index[ex.label]
+        feats.append(feat)
+    return feats
+
+
+# -- SQuAD ----------------------------------------------------------------------------------------------------
+@dataclass
+class QAExample:
+    qid: str
+    question: str
+    context: str
+    answers: list[str] = field(default_factory=list)
+    starts: list[int] = field(default_factory=list)
+    impossible: bool = False
+
+
+def read_squad(path: str | Path) -> list[QAExample]:
+    """SQuAD v1.1 / v2.0 JSON. Answers whose text is not at answer_start are dropped with one counted warning."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not valid SQuAD JSON ({exc})") from None
+    if not isinstance(data, dict) or "data" not in data:
+        raise DataError(f"{path}: no top-level 'data' list; expected the SQuAD layout {{version, data}}")
+    out, bad = [], 0
+    for a, article in enumerate(data["data"]):
+        for p, para in enumerate(article.get("paragraphs", [])):
+            context = para.get("context")
+            if not isinstance(context, str):
+                raise DataError(f"{path}: data[{a}].paragraphs[{p}] has no 'context' text")
+            for qa in para.get("qas", []):
+                if "question" not in qa or "id" not in qa:
+                    raise DataError(f"{path}: data[{a}].paragraphs[{p}] has a question without 'question' or 'id'")
+                ex = QAExample(str(qa["id"]), qa["question"], context, impossible=bool(qa.get("is_impossible")))
+                for ans in qa.get("answers", []):
+                    text, start = ans.get("text", ""), int(ans.get("answer_start", -1))
+                    if context[start:start + len(text)] != text:
+                        bad += 1
+                        continue
+                    ex.answers.append(text)
+                    ex.starts.append(start)
+                if ex.answers or ex.impossible or not qa.get("answers"):
+                    out.append(ex)  # a question whose every answer was misplaced is dropped (counted above)
+    if bad:
+        warnings.warn(f"{path}: skipped {bad} answer(s) whose text is not at its answer_start", stacklevel=2)
+    if not out:
+        raise DataError(f"{path}: no questions found")
+    return out
+
+
+def featurize_qa(examples: list[QAExample], tokenizer: Any, max_len: int = 384, doc_stride: int = 128,
+                 max_question_len: int = 64, train: bool = True) -> list[dict[str, Any]]:
+    """Overlapping windows [CLS] question [SEP] context-window [SEP] with answer token spans.
+
+    Windows whose context does not contain the answer point at position 0 ([CLS]): "no answer here".
+    Each feature keeps ``example`` (its index) and ``offsets`` (char span per token, None outside the context).
+    """
+    feats = []
+    for e_idx, ex in enumerate(examples):
+        q = tokenizer.hf.encode(ex.question, add_special_tokens=False).ids[:max_question_len]
+        enc = tokenizer.hf.encode(ex.context, add_special_tokens=False)
+        ctx_ids, ctx_offsets = enc.ids, enc.offsets
+        room = max_len - len(q) - 3
+        if room < 8:
+            raise DataError(f"--max-seq-len {max_len} leaves no room for the context after the question")
+        stride = min(doc_stride, room)
+        starts = list(range(0, max(len(ctx_ids) - room, 0) + 1, stride))
+        if starts[-1] + room < len(ctx_ids):
+            starts.append(len(ctx_ids) - room)
+        for w in starts:
+            window = ctx_ids[w:w + room]
+            ids = [tokenizer.cls_id, *q, tokenizer.sep_id, *window, tokenizer.sep_id]
+            first = len(q) + 2
+            offsets = [None] * first + [tuple(o) for o in ctx_offsets[w:w + room]] + [None]
+            feat: dict[str, Any] = {
+                "input_ids": ids, "token_type_ids": [0] * first + [1] * (len(window) + 1),
+                "example": e_idx, "offsets": offsets,
+            }
+            if train:
+                s_tok = e_tok = 0
+                if ex.answers:
+                    a_start = ex.starts[0]
+                    a_end = a_start + len(ex.answers[0])
+                    inside = [i for i in range(first, first + len(window))
+                              if offsets[i][0] < a_end and offsets[i][1] > a_start]
+                    if inside and offsets[inside[0]][0] <= a_start and offsets[inside[-1]][1] >= a_end:
+                        s_tok, e_tok = inside[0], inside[-1]
+                feat["start_positions"], feat["end_positions"] = s_tok, e_tok
+            feats.append(feat)
+    return feats
+
+
+def best_spans(features: list[dict[str, Any]], start_logits: torch.Tensor, end_logits: torch.Tensor,
+               examples: list[QAExample], max_answer_len: int = 30, n_best: int = 20,
+               allow_impossible: bool = False) -> dict[str, dict[str, Any]]:
+    """Per question id: the best valid span over all its windows, mapped back to the context by char offsets.
+
+    Valid: start <= end, length <= max_answer_len tokens, both inside the context. With allow_impossible (SQuAD
+    v2) the empty answer wins when the [CLS] score beats every span.
+    """
+    best: dict[int, dict[str, Any]] = {}
+    null: dict[int, float] = {}
+    for f_idx, feat in enumerate(features):
+        e_idx, offsets = feat["example"], feat["offsets"]
+        s, e = start_logits[f_idx], end_logits[f_idx]
+        n = len(feat["input_ids"])
+        null_score = float(s[0] + e[0])
+        null[e_idx] = min(null.get(e_idx, null_score), null_score)
+        top_s = torch.topk(s[:n], min(n_best, n)).indices.tolist()
+        top_e = torch.topk(e[:n], min(n_best, n)).indices.tolist()
+        for i in top_s:
+            for j in top_e:
+                if offsets[i] is None or offsets[j] is None or j < i or j - i + 1 > max_answer_len:
+                    continue
+                score = float(s[i] + e[j])
+                if e_idx not in best or score > best[e_idx]["score"]:
+                    ctx = examples[e_idx].context
+                    start, end = offsets[i][0], offsets[j][1]
+                    best[e_idx] = {"answer": ctx[start:end], "start": start, "end": end, "score": score}
+    out = {}
+    for e_idx, ex in enumerate(examples):
+        pick = best.get(e_idx, {"answer": "", "start": -1, "end": -1, "score": float("-inf")})
+        if allow_impossible and null.get(e_idx, float("-inf")) > pick["score"]:
+            pick = {"answer": "", "start": -1, "end": -1, "score": null[e_idx]}
+        out[ex.qid] = pick
+    return out
+
+
+# -- NER ------------------------------------------------------------------------------------------------------
+@dataclass
+class NERExample:
+    words: list[str]
+    tags: list[str]
+    line: int
+
+
+def read_conll(path: str | Path, max_rows: int | None = None) -> list[NERExample]:
+    """CoNLL columns (whitespace or tab), the tag in the last column, a blank line between sentences."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    out: list[NERExample] = []
+    words: list[str] = []
+    tags: list[str] = []
+    start = 1
+    try:
+        with path.open(encoding="utf-8") as f:
+            for n, raw in enumerate(f, 1):
+                line = raw.strip()
+                if line.startswith("-DOCSTART-"):
+                    continue
+                if not line:
+                    if words:
+                        out.append(NERExample(words, tags, start))
+                        words, tags = [], []
+                        if max_rows and len(out) >= max_rows:
+                            return out
+                    start = n + 1
+                    continue
+                cols = line.split()
+                if len(cols) < 2:
+                    raise DataError(f"{path}:{n}: expected 'word ... TAG' columns, got {line!r}")
+                tag = cols[-1]
+                if tag != "O" and not (tag[:2] in ("B-", "I-") and len(tag) > 2):
+                    raise DataError(f"{path}:{n}: tag {tag!r} is not IOB2 (O, B-TYPE or I-TYPE)")
+                if not words:
+                    start = n
+                words.append(cols[0])
+                tags.append(tag)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not valid UTF-8 at byte offset {exc.start}") from None
+    if words:
+        out.append(NERExample(words, tags, start))
+    if not out:
+        raise DataError(f"{path}: no sentences found")
+    return out
+
+
+def ner_labels(examples: list[NERExample]) -> list[str]:
+    """'O' first, then B-/I- tags sorted by type."""
+    tags = {t for ex in examples for t in ex.tags} - {"O"}
+    return ["O", *sorted(tags, key=lambda t: (t[2:], t[:1]))]
+
+
+def featurize_ner(examples: list[NERExample], tokenizer: Any, labels: list[str], max_len: int,
+                  source: str = "") -> list[dict[str, Any]]:
+    """Sub-tokens of each word; the word's tag on its first sub-token, -100 on the others and on specials."""
+    index = {t: i for i, t in enumerate(labels)}
+    feats = []
+    for ex in examples:
+        enc = tokenizer.hf.encode(ex.words, is_pretokenized=True, add_special_tokens=False)
+        ids, word_ids = enc.ids[:max_len - 2], enc.word_ids[:max_len - 2]
+        tag_ids = []
+        previous = None
+        for w in word_ids:
+            if w is None or w == previous:
+                tag_ids.append(IGNORE)
+            else:
+                tag = ex.tags[w]
+                if tag not in index:
+                    raise DataError(f"{source}:{ex.line}: tag {tag!r} was not in the training tags")
+                tag_ids.append(index[tag])
+            previous = w
+        feats.append({
+            "input_ids": [tokenizer.cls_id, *ids, tokenizer.sep_id],
+            "labels": [IGNORE, *tag_ids, IGNORE],
+            "word_ids": [None, *word_ids, None],
+            "n_words": len(ex.words),
+        })
+    return feats
+
+
+# -- batching -------------------------------------------------------------------------------------------------
+TENSOR_KEYS = ("input_ids", "token_type_ids", "labels", "start_positions", "end_positions")
+
+
+def collate(features: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of features into tensors (input_ids, attention_mask, token_type_ids, labels, ...)."""
+    width = max(len(f["input_ids"]) for f in features)
+    batch: dict[str, torch.Tensor] = {}
+    ids = torch.full((len(features), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(features), width), dtype=torch.long)
+    for i, f in enumerate(features):
+        ids[i, :len(f["input_ids"])] = torch.tensor(f["input_ids"])
+        mask[i, :len(f["input_ids"])] = 1
+    batch["input_ids"], batch["attention_mask"] = ids, mask
+    if "token_type_ids" in features[0]:
+        types = torch.zeros_like(ids)
+        for i, f in enumerate(features):
+            types[i, :len(f["token_type_ids"])] = torch.tensor(f["token_type_ids"])
+        batch["token_type_ids"] = types
+    if "labels" in features[0]:
+        first = features[0]["labels"]
+        if isinstance(first, list) and "word_ids" in features[0]:  # token labels
+            labels = torch.full_like(ids, IGNORE)
+            for i, f in enumerate(features):
+                labels[i, :len(f["labels"])] = torch.tensor(f["labels"])
+        elif isinstance(first, list):  # multi-label targets
+            labels = torch.tensor([f["labels"] for f in features], dtype=torch.float)
+        elif isinstance(first, float):
+            labels = torch.tensor([f["labels"] for f in features], dtype=torch.float)
+        else:
+            labels = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+        batch["labels"] = labels
+    for key in ("start_positions", "end_positions"):
+        if key in features[0]:
+            batch[key] = torch.tensor([f[key] for f in features], dtype=torch.long)
+    return batch

@@ -1,0 +1,383 @@
+"""Fine-tuning on understanding tasks through the one trainer, evaluation, and the inference API.
+
+A fine-tuned model is a TaskModel (backbone + head). Its config.json records the task in ``extra['task']``
+(task, labels, problem type, max_seq_len), so `evaluate` and the inference functions know what it was trained for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .config import ModelConfig
+from .data import tasks as T
+from .errors import CheckpointError, ConfigError, DataError
+from .evaluate import classification_metrics, entities, entity_metrics, squad_metrics
+from .heads import TASKS, TaskLoss, TaskModel
+from .model import LanguageModel
+from .tokenizer import Tokenizer, load_tokenizer
+from .train import TrainConfig, Trainer, TrainResult
+
+BEST_METRIC = {"classify": "accuracy", "qa": "f1", "ner": "f1"}
+
+
+@dataclass
+class FinetuneOptions:
+    task: str
+    max_seq_len: int = 128
+    doc_stride: int = 128
+    max_answer_len: int = 30
+    problem: str = "single_label"
+    text_column: str | None = None
+    pair_column: str | None = None
+    label_column: str = "label"
+    max_train_rows: int | None = None
+    max_eval_rows: int | None = None
+    eval_batch_size: int = 64
+
+
+@dataclass
+class TaskData:
+    """Examples and features of one file for one task."""
+
+    task: str
+    examples: list
+    features: list[dict[str, Any]]
+    source: str
+
+
+def task_info(model: nn.Module) -> dict[str, Any] | None:
+    """The 'task' entry of a model's config, or None for a plain language model."""
+    return model.config.extra.get("task")
+
+
+def build_data(path: str | Path, tokenizer: Tokenizer, opts: FinetuneOptions, labels: list[str] | None,
+               train: bool, max_rows: int | None) -> tuple[TaskData, list[str]]:
+    """Read and featurise ``path``; labels None means: derive them from this (training) file."""
+    path = Path(path)
+    if opts.task == "classify":
+        examples = T.read_classification(path, opts.text_column, opts.label_column, opts.pair_column, opts.problem,
+                                         max_rows)
+        labels = labels or T.label_list(examples, opts.problem)
+        feats = T.featurize_classification(examples, tokenizer, labels, opts.problem, opts.max_seq_len, str(path))
+    elif opts.task == "qa":
+        examples = T.read_squad(path)[:max_rows] if max_rows else T.read_squad(path)
+        labels = labels or ["start", "end"]
+        feats = T.featurize_qa(examples, tokenizer, opts.max_seq_len, opts.doc_stride, train=True)
+    elif opts.task == "ner":
+        examples = T.read_conll(path, max_rows)
+        labels = labels or T.ner_labels(examples)
+        feats = T.featurize_ner(examples, tokenizer, labels, opts.max_seq_len, str(path))
+    else:
+        raise ConfigError(f"unknown task {opts.task!r}; choose one of {', '.join(TASKS)}")
+    return TaskData(opts.task, examples, feats, str(path)), labels
+
+
+@torch.no_grad()
+def predict_logits(model: TaskModel, features: list[dict[str, Any]], pad_id: int, batch_size: int = 64,
+                   autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                   ) -> list[torch.Tensor]:
+    """Logits per feature (unpadded), batching length-sorted rows so little compute goes to padding."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
+    out: list[torch.Tensor | None] = [None] * len(features)
+    for i in range(0, len(order), batch_size):
+        idx = order[i:i + batch_size]
+        batch = T.collate([{k: v for k, v in features[j].items() if k in ("input_ids", "token_type_ids")}
+                           for j in idx], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast():
+            logits, _ = model(**batch)
+        logits = logits.float().cpu()
+        for row, j in enumerate(idx):
+            out[j] = logits[row] if model.task == "classify" else logits[row, :len(features[j]["input_ids"])]
+    model.train(was_training)
+    return out  # type: ignore[return-value]
+
+
+def score_task(model: TaskModel, data: TaskData, tokenizer: Tokenizer, opts: FinetuneOptions,
+               autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+               ) -> tuple[dict[str, float], list[Any]]:
+    """(metrics, predictions) of a model on labelled data."""
+    info = task_info(model)
+    labels = info["labels"]
+    logits = predict_logits(model, data.features, tokenizer.pad_id, opts.eval_batch_size, autocast)
+    if data.task == "classify":
+        problem = info.get("problem", "single_label")
+        if problem == "regression":
+            preds = [float(x.squeeze()) for x in logits]
+            gold = [float(ex.label) for ex in data.examples]
+            mse = float(np.mean((np.array(preds) - np.array(gold)) ** 2))
+            pearson = float(np.corrcoef(preds, gold)[0, 1]) if len(preds) > 1 else 0.0
+            return {"mse": mse, "pearson": pearson}, preds
+        if problem == "multi_label":
+            preds = [",".join(lbl for lbl, z in zip(labels, x.tolist(), strict=True) if z > 0) for x in logits]
+            gold = [",".join(sorted(ex.label.split(","), key=labels.index)) for ex in data.examples]
+            return classification_metrics(preds, gold), preds
+        preds = [labels[int(x.argmax())] for x in logits]
+        return classification_metrics(preds, [ex.label for ex in data.examples]), preds
+    if data.task == "qa":
+        starts = _pad_stack([x[:, 0] for x in logits])
+        ends = _pad_stack([x[:, 1] for x in logits])
+        spans = T.best_spans(data.features, starts, ends, data.examples, opts.max_answer_len,
+                             allow_impossible=any(ex.impossible for ex in data.examples))
+        preds = {qid: s["answer"] for qid, s in spans.items()}
+        golds = {ex.qid: ex.answers for ex in data.examples}
+        return squad_metrics(preds, golds), [spans[ex.qid] for ex in data.examples]
+    preds = [_word_tags(f, x, labels) for f, x in zip(data.features, logits, strict=True)]
+    gold = [ex.tags for ex in data.examples]
+    metrics = entity_metrics(preds, gold)
+    flat = [(p == g) for ps, gs in zip(preds, gold, strict=True) for p, g in zip(ps, gs, strict=True)]
+    metrics["token_accuracy"] = sum(flat) / max(len(flat), 1)
+    return metrics, preds
+
+
+def _pad_stack(rows: list[torch.Tensor]) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), float("-inf"))
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return out
+
+
+def _word_tags(feature: dict[str, Any], logits: torch.Tensor, labels: list[str]) -> list[str]:
+    """One tag per word, read from its first sub-token; words cut off by truncation get 'O'."""
+    tags = ["O"] * feature["n_words"]
+    seen = set()
+    for pos, w in enumerate(feature["word_ids"]):
+        if w is not None and w not in seen:
+            seen.add(w)
+            tags[w] = labels[int(logits[pos].argmax())]
+    return tags
+
+
+class FinetuneTask:
+    """Trainer task: shuffled epochs over the training features; every batch a pure function of its step."""
+
+    def __init__(self, train: TaskData, evaluation: TaskData | None, tokenizer: Tokenizer, opts: FinetuneOptions,
+                 batch_size: int, grad_accum: int, seed: int) -> None:
+        self.train, self.eval, self.tokenizer, self.opts = train, evaluation, tokenizer, opts
+        self.batch_size, self.grad_accum, self.seed = batch_size, grad_accum, seed
+
+    def loss_module(self, model: nn.Module) -> nn.Module:
+        return TaskLoss(model)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.train.features))
+
+    def batch(self, step: int, micro: int, rank: int, world: int) -> dict[str, Any]:
+        n = len(self.train.features)
+        per = self.batch_size * world
+        first = (step * self.grad_accum + micro) * per + rank * self.batch_size
+        rows = []
+        for i in range(first, first + self.batch_size):
+            epoch, pos = divmod(i, n)
+            rows.append(self.train.features[int(self._order(epoch)[pos])])
+        keep = ("input_ids", "token_type_ids", "labels", "start_positions", "end_positions", "word_ids")
+        return T.collate([{k: v for k, v in f.items() if k in keep} for f in rows], self.tokenizer.pad_id)
+
+    def tokens(self, batch: dict[str, Any]) -> int:
+        return int(batch["attention_mask"].sum())
+
+    def evaluate(self, model: nn.Module, autocast: Callable[[], contextlib.AbstractContextManager]) -> dict:
+        if self.eval is None:
+            return {}
+        return score_task(model, self.eval, self.tokenizer, self.opts, autocast)[0]
+
+
+# -- loading --------------------------------------------------------------------------------------------------
+def _model_folder(path: Path) -> Path:
+    """A model folder, the best/ of a fine-tuning run, or the newest checkpoint of a run."""
+    if (path / "config.json").is_file():
+        return path
+    if (path / "best" / "config.json").is_file():
+        return path / "best"
+    latest = ckpt.latest_checkpoint(path)
+    if latest is None:
+        raise CheckpointError(f"{path}: no config.json, no best/ and no complete checkpoint-* folder inside")
+    return latest
+
+
+def load_task_model(path: str | Path, task: str | None = None, device: str = "cpu") -> tuple[TaskModel, Tokenizer]:
+    """A fine-tuned model and its tokenizer; ``task`` given: the model must have been trained for it."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such model folder")
+    folder = _model_folder(path)
+    config = ModelConfig.load(folder)
+    info = config.extra.get("task")
+    if info is None:
+        raise CheckpointError(f"{folder}: a pretrained language model without a task head; fine-tune it first "
+                              f"(`twinlm finetune --init {path} ...`)")
+    if task and info["task"] != task:
+        raise ConfigError(f"{folder}: this model was fine-tuned for --task {info['task']}, not --task {task}")
+    tokenizer = load_tokenizer(folder)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(f"{folder}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
+                              f"{config.vocab_size}; the tokenizer files do not belong to this checkpoint")
+    model = TaskModel(LanguageModel(config), info["task"], len(info["labels"]), info.get("problem", "single_label"))
+    try:
+        model.load_state_dict(ckpt.load_model_state(folder))
+    except RuntimeError as exc:
+        raise CheckpointError(f"{folder}: weights do not fit config.json ({str(exc).splitlines()[0]})") from None
+    return model.to(device).eval(), tokenizer
+
+
+def load_init(path: str | Path, task: str) -> tuple[LanguageModel, Tokenizer, dict | None]:
+    """The backbone to start from: a twinlm model/run folder, a fine-tuned model of the same task, or a Hugging
+    Face folder. Returns (language model, tokenizer, previous task info or None)."""
+    from .pipelines import load_pretrained
+
+    path = Path(path)
+    folder = path if not path.is_dir() else (_model_folder(path) if not (path / "config.json").exists() else path)
+    try:
+        data = json.loads((folder / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        data = {}
+    previous = (data.get("extra") or {}).get("task") if data.get("model_type") == "twinlm" else None
+    if previous:
+        model, tokenizer = load_task_model(folder, task)
+        return model.lm, tokenizer, {**previous, "state": model.state_dict()}
+    lm, tokenizer = load_pretrained(folder)
+    return lm, tokenizer, None
+
+
+# -- the run --------------------------------------------------------------------------------------------------
+def finetune_run(init: str | Path, train_file: str | Path, eval_file: str | Path | None, out_dir: str | Path,
+                 opts: FinetuneOptions, cfg: TrainConfig, epochs: float = 3.0,
+                 resume: str | None = None) -> tuple[TrainResult, dict[str, float]]:
+    """Fine-tune ``init`` on ``train_file``, evaluating on ``eval_file`` each epoch and keeping out/best."""
+    if opts.task not in TASKS:
+        raise ConfigError(f"unknown task {opts.task!r}; choose one of {', '.join(TASKS)}")
+    lm, tokenizer, previous = load_init(init, opts.task)
+    if opts.max_seq_len > lm.config.max_positions:
+        raise ConfigError(f"--max-seq-len {opts.max_seq_len} is above the model's max_positions="
+                          f"{lm.config.max_positions}")
+    labels = previous["labels"] if previous else None
+    train, labels = build_data(train_file, tokenizer, opts, labels, True, opts.max_train_rows)
+    evaluation = build_data(eval_file, tokenizer, opts, labels, False, opts.max_eval_rows)[0] if eval_file else None
+    torch.manual_seed(cfg.seed)
+    model = TaskModel(lm, opts.task, len(labels), opts.problem)
+    if previous:
+        model.load_state_dict(previous["state"])
+    model.lm.config = lm.config.replace(extra={**lm.config.extra, "task": {
+        "task": opts.task, "labels": labels, "problem": opts.problem, "max_seq_len": opts.max_seq_len,
+        "doc_stride": opts.doc_stride, "max_answer_len": opts.max_answer_len}})
+    model.lm.backbone.config = model.lm.config
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = max(1, math.ceil(len(train.features) / (cfg.batch_size * cfg.grad_accum * world)))
+    cfg.max_steps = max(1, round(epochs * steps_per_epoch))
+    if cfg.eval_every >= 10**8:
+        cfg.eval_every = steps_per_epoch
+    cfg.save_every = min(cfg.save_every, cfg.max_steps)
+    if evaluation is not None and cfg.best_metric is None:
+        cfg.best_metric = BEST_METRIC[opts.task] if opts.problem != "regression" else "mse"
+        cfg.greater_is_better = cfg.best_metric != "mse"
+    task = FinetuneTask(train, evaluation, tokenizer, opts, cfg.batch_size, cfg.grad_accum, cfg.seed)
+    trainer = Trainer(model, task, cfg, out_dir, tokenizer=tokenizer,
+                      run_info={"task": opts.task, "init": str(init), "options": asdict(opts)})
+    result = trainer.train(resume=resume)
+    best = {}
+    best_file = Path(out_dir) / "best_metrics.json"
+    if best_file.exists():
+        best = json.loads(best_file.read_text())
+    return result, best
+
+
+# -- inference ------------------------------------------------------------------------------------------------
+def _opts_for(model: TaskModel) -> FinetuneOptions:
+    info = task_info(model)
+    return FinetuneOptions(task=info["task"], max_seq_len=info.get("max_seq_len", 128),
+                           doc_stride=info.get("doc_stride", 128), max_answer_len=info.get("max_answer_len", 30),
+                           problem=info.get("problem", "single_label"))
+
+
+def classify(model: TaskModel, tokenizer: Tokenizer, texts: list[str], pairs: list[str] | None = None,
+             batch_size: int = 64) -> list[dict[str, Any]]:
+    """Label and probability for each text (multi-label: every label above 0.5; regression: the score)."""
+    info, opts = task_info(model), _opts_for(model)
+    if info["task"] != "classify":
+        raise ConfigError(f"this model was fine-tuned for {info['task']}, not classification")
+    feats = []
+    for i, text in enumerate(texts):
+        if not text or not text.strip():
+            raise DataError(f"text {i} is empty")
+        ids, types = T.encode_pair(tokenizer, text, pairs[i] if pairs else None, opts.max_seq_len)
+        feats.append({"input_ids": ids, "token_type_ids": types})
+    out = []
+    for logits in predict_logits(model, feats, tokenizer.pad_id, batch_size):
+        if opts.problem == "regression":
+            out.append({"label": "score", "score": float(logits.squeeze())})
+        elif opts.problem == "multi_label":
+            probs = logits.sigmoid().tolist()
+            out.append({"labels": [lbl for lbl, p in zip(info["labels"], probs, strict=True) if p > 0.5],
+                        "scores": dict(zip(info["labels"], probs, strict=True))})
+        else:
+            probs = logits.softmax(-1)
+            out.append({"label": info["labels"][int(probs.argmax())], "score": float(probs.max())})
+    return out
+
+
+def answer(model: TaskModel, tokenizer: Tokenizer, question: str | list[str], context: str | list[str],
+           batch_size: int = 64) -> dict[str, Any] | list[dict[str, Any]]:
+    """The best answer span: {'answer', 'start', 'end' (character offsets in the context), 'score'}."""
+    info, opts = task_info(model), _opts_for(model)
+    if info["task"] != "qa":
+        raise ConfigError(f"this model was fine-tuned for {info['task']}, not question answering")
+    single = isinstance(question, str)
+    questions = [question] if single else list(question)
+    contexts = [context] * len(questions) if isinstance(context, str) else list(context)
+    examples = [T.QAExample(str(i), q, c) for i, (q, c) in enumerate(zip(questions, contexts, strict=True))]
+    feats = T.featurize_qa(examples, tokenizer, opts.max_seq_len, opts.doc_stride, train=False)
+    logits = predict_logits(model, feats, tokenizer.pad_id, batch_size)
+    spans = T.best_spans(feats, _pad_stack([x[:, 0] for x in logits]), _pad_stack([x[:, 1] for x in logits]),
+                         examples, opts.max_answer_len)
+    results = [spans[ex.qid] for ex in examples]
+    return results[0] if single else results
+
+
+_WORD = re.compile(r"\S+")
+
+
+def tag(model: TaskModel, tokenizer: Tokenizer, text: str | list[str], batch_size: int = 64,
+        ) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
+    """Entities with character offsets: [{'text', 'type', 'start', 'end', 'score'}] (words split on white space)."""
+    info, opts = task_info(model), _opts_for(model)
+    if info["task"] != "ner":
+        raise ConfigError(f"this model was fine-tuned for {info['task']}, not NER")
+    single = isinstance(text, str)
+    texts = [text] if single else list(text)
+    spans = [[(m.start(), m.end()) for m in _WORD.finditer(t)] for t in texts]
+    examples = [T.NERExample([t[s:e] for s, e in sp] or [""], ["O"] * max(len(sp), 1), 0)
+                for t, sp in zip(texts, spans, strict=True)]
+    feats = T.featurize_ner(examples, tokenizer, info["labels"], opts.max_seq_len)
+    results = []
+    for t, sp, f, logits in zip(texts, spans, feats, predict_logits(model, feats, tokenizer.pad_id, batch_size),
+                                strict=True):
+        probs = logits.softmax(-1)
+        tags = _word_tags(f, logits, info["labels"]) if sp else []
+        first = {}
+        for pos, w in enumerate(f["word_ids"]):
+            if w is not None and w not in first:
+                first[w] = pos
+        found = []
+        for kind, a, b in sorted(entities(tags), key=lambda x: x[1]):
+            score = float(np.mean([float(probs[first[w]].max()) for w in range(a, b + 1) if w in first] or [0.0]))
+            start, end = sp[a][0], sp[b][1]
+            found.append({"text": t[start:end], "type": kind, "start": start, "end": end, "score": score})
+        results.append(found)
+    return results[0] if single else results

@@ -1,0 +1,106 @@
+"""Task heads on the shared backbone: thin modules that return (logits, loss).
+
+Sequence classification pools the [CLS] state of a bidirectional backbone, or the last non-padding token of a
+causal one (the only position that has seen the whole text), so both paradigms can be fine-tuned on the same task.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .errors import ConfigError
+from .model import LanguageModel
+
+TASKS = ("classify", "qa", "ner")
+PROBLEMS = ("single_label", "multi_label", "regression")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, attention: str) -> torch.Tensor:
+    """(B, D): the first position under bidirectional attention, the last real token under causal attention."""
+    if attention == "bidirectional" or attention_mask is None:
+        return hidden[:, 0] if attention == "bidirectional" else hidden[:, -1]
+    last = attention_mask.long().sum(1) - 1  # right padding: the last real token
+    return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+
+
+class TaskModel(nn.Module):
+    """A LanguageModel backbone plus one task head; ``config.extra['task']`` records the task and its labels."""
+
+    def __init__(self, lm: LanguageModel, task: str, num_labels: int, problem: str = "single_label") -> None:
+        super().__init__()
+        if task not in TASKS:
+            raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+        if problem not in PROBLEMS:
+            raise ConfigError(f"unknown problem type {problem!r}; choose one of {', '.join(PROBLEMS)}")
+        self.lm = lm
+        self.task = task
+        self.problem = problem
+        d = lm.config.d_model
+        self.dropout = nn.Dropout(0.1)
+        out = 2 if task == "qa" else (1 if problem == "regression" else num_labels)
+        self.classifier = nn.Linear(d, out)
+        nn.init.normal_(self.classifier.weight, std=0.02)
+        nn.init.zeros_(self.classifier.bias)
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.lm.config
+
+    @property
+    def attention(self) -> str:
+        return self.lm.config.attention
+
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 token_type_ids: torch.Tensor | None) -> torch.Tensor:
+        kwargs: dict[str, Any] = {}
+        if token_type_ids is not None and self.lm.backbone.type_emb is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        return self.lm.hidden(input_ids, attention_mask, attention=self.attention, **kwargs)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                start_positions: torch.Tensor | None = None,
+                end_positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, loss). classify: (B, C); qa: (B, T, 2) start/end; ner: (B, T, C)."""
+        hidden = self.features(input_ids, attention_mask, token_type_ids)
+        if self.task == "classify":
+            logits = self.classifier(self.dropout(pool(hidden, attention_mask, self.attention)))
+            return logits, None if labels is None else self._classification_loss(logits, labels)
+        logits = self.classifier(self.dropout(hidden))
+        if self.task == "ner":
+            loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),
+                                                               ignore_index=-100)
+            return logits, loss
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            start_logits, end_logits = logits.float().unbind(-1)
+            if attention_mask is not None:  # padding can never be an answer boundary
+                pad = ~attention_mask.bool()
+                start_logits = start_logits.masked_fill(pad, -1e4)
+                end_logits = end_logits.masked_fill(pad, -1e4)
+            loss = (F.cross_entropy(start_logits, start_positions, ignore_index=-100)
+                    + F.cross_entropy(end_logits, end_positions, ignore_index=-100)) / 2
+        return logits, loss
+
+    def _classification_loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.problem == "regression":
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float())
+        if self.problem == "multi_label":
+            return F.binary_cross_entropy_with_logits(logits.float(), labels.float())
+        return F.cross_entropy(logits.float(), labels)
+
+
+class TaskLoss(nn.Module):
+    """What the trainer (and DDP) wraps: forward(**batch) -> loss."""
+
+    def __init__(self, model: TaskModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
+        return self.model(**batch)[1]
