@@ -87,18 +87,46 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
 
 
 KVCache = tuple[torch.Tensor, torch.Tensor]
+Rotary = tuple[torch.Tensor, torch.Tensor]
+
+
+def rotary_tables(position_ids: torch.Tensor, head_dim: int, theta: float = 10000.0,
+                  dtype: torch.dtype = torch.float32) -> Rotary:
+    """(cos, sin) of shape (B, T, head_dim) for rotary position embeddings at ``position_ids`` (B, T).
+
+    Frequency i is theta^(-2i/d); each is used for two dimensions, laid out as two halves (the "rotate half"
+    convention of GPT-NeoX and Hugging Face Llama, whose q/k weights are stored for it).
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim))
+    angles = position_ids.float()[..., None] * inv_freq  # computed in fp32: bf16 angles lose whole turns
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each (x_i, x_{i+d/2}) pair of x (B, H, T, d) by its position's angle."""
+    half = x.size(-1) // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + rotated * sin[:, None]
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with one fused QKV projection; the mask kind is chosen per call."""
+    """Multi-head self-attention with one fused QKV projection; the mask kind is chosen per call.
+
+    With ``n_kv_heads`` < ``n_heads`` (grouped-query attention) the fused projection yields n_heads query heads
+    and n_kv_heads key/value heads, each key/value head serving n_heads // n_kv_heads query heads. The cache
+    holds the un-repeated key/value heads, already rotated when rotary positions are used.
+    """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         self.n_heads = config.n_heads
+        self.kv_heads = config.kv_heads
         self.head_dim = config.head_dim
         self.impl = config.attn_impl
         self.dropout = config.dropout
-        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=config.bias)
+        kv_dim = self.kv_heads * self.head_dim
+        self.qkv = nn.Linear(config.d_model, config.d_model + 2 * kv_dim, bias=config.bias)
         self.out = nn.Linear(config.d_model, config.d_model, bias=config.bias)
 
     def forward(
@@ -107,13 +135,24 @@ class SelfAttention(nn.Module):
         kind: str,
         attention_mask: torch.Tensor | None = None,
         past: KVCache | None = None,
+        rope: Rotary | None = None,
     ) -> tuple[torch.Tensor, KVCache]:
         """x: (B, T, D); attention_mask: (B, K) over all keys (past + new); returns (output, (k, v))."""
         B, T, D = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        kv_dim = self.kv_heads * self.head_dim
+        q, k, v = self.qkv(x).split([D, kv_dim, kv_dim], dim=-1)
+        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
+        cache = (k, v)
+        if self.kv_heads != self.n_heads:
+            repeat = self.n_heads // self.kv_heads
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         K = k.size(2)
         dropout_p = self.dropout if self.training else 0.0
         if self.impl == "sdpa" and attention_mask is None and (kind == "bidirectional" or T == K):
@@ -124,4 +163,4 @@ class SelfAttention(nn.Module):
             attend = sdpa_attention if self.impl == "sdpa" else math_attention
             y = attend(q, k, v, mask, dropout_p)
         y = y.transpose(1, 2).reshape(B, T, D)
-        return self.out(y), (k, v)
+        return self.out(y), cache

@@ -46,6 +46,7 @@ def add_parsers(sub: argparse._SubParsersAction, fmt: type, train_flags) -> None
     ft.add_argument("--patience", type=int, default=2, help="evaluations without gain before stopping")
     ft.add_argument("--max-train-rows", type=int, default=None)
     ft.add_argument("--max-eval-rows", type=int, default=None)
+    ft.add_argument("--dropout", type=float, default=0.1, help="backbone dropout while fine-tuning")
     _data_flags(ft)
     train_flags(ft)
     ft.set_defaults(lr=5e-5, warmup_steps=0, batch_size=32, eval_every=10**9, save_every=10**9)
@@ -82,7 +83,7 @@ def cmd_finetune(args: argparse.Namespace, train_config) -> None:
     opts = FinetuneOptions(task=args.task, max_seq_len=args.max_seq_len, doc_stride=args.doc_stride,
                            max_answer_len=args.max_answer_len, problem=args.problem, text_column=args.text_column,
                            pair_column=args.pair_column, label_column=args.label_column,
-                           max_train_rows=args.max_train_rows, max_eval_rows=args.max_eval_rows)
+                           max_train_rows=args.max_train_rows, max_eval_rows=args.max_eval_rows, dropout=args.dropout)
     cfg = train_config(args)
     cfg.patience = args.patience
     result, best = finetune_run(args.init, args.train, args.eval, args.out, opts, cfg, args.epochs, args.resume)

@@ -14,6 +14,9 @@ ATTENTION_KINDS = ("bidirectional", "causal")
 NORM_PLACEMENTS = ("pre", "post")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 ATTENTION_IMPLS = ("sdpa", "math")
+NORM_TYPES = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rotary")
+MLP_KINDS = ("standard", "swiglu")
 
 
 @dataclass
@@ -41,6 +44,14 @@ class ModelConfig:
     head_transform: bool = False  # BERT's MLM head dense+act+norm before the tied decoder
     attn_impl: str = "sdpa"  # "sdpa" (fast) or "math" (the explicit equation, for reading and tests)
     pad_token_id: int = 0
+    # Backbone options that let one backbone express BERT, RoBERTa, DistilBERT, GPT-2 and Llama-style models.
+    head_bias: bool = True  # GPT-2 and Llama have no LM-head bias
+    position_offset: int = 0  # RoBERTa: position ids start at padding_idx + 1 in its embedding table
+    norm_type: str = "layernorm"  # "rmsnorm": Llama's scale-only RMS normalisation
+    position: str = "learned"  # "rotary": RoPE on queries and keys instead of a position embedding table
+    rope_theta: float = 10000.0
+    mlp: str = "standard"  # "swiglu": down(silu(gate(x)) * up(x))
+    n_kv_heads: int = 0  # grouped-query attention: key/value heads; 0 means n_heads
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. origin), kept in config.json
 
     def __post_init__(self) -> None:
@@ -58,17 +69,31 @@ class ModelConfig:
             "norm": NORM_PLACEMENTS,
             "activation": ACTIVATIONS,
             "attn_impl": ATTENTION_IMPLS,
+            "norm_type": NORM_TYPES,
+            "position": POSITIONS,
+            "mlp": MLP_KINDS,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 value = getattr(self, name)
                 raise ConfigError(f"config field '{name}' is {value!r}; choose one of {', '.join(allowed)}")
+        if self.n_kv_heads < 0 or self.n_heads % self.kv_heads:
+            raise ConfigError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} (0 means n_heads)")
+        if self.position_offset < 0:
+            raise ConfigError(f"position_offset must be >= 0, got {self.position_offset}")
+        if self.position == "rotary" and self.head_dim % 2:
+            raise ConfigError(f"rotary positions need an even head dimension, got {self.head_dim}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Number of key/value heads (grouped-query attention shares each among n_heads // kv_heads queries)."""
+        return self.n_kv_heads or self.n_heads
 
     def replace(self, **changes: Any) -> ModelConfig:
         """A copy with some fields changed (validated again)."""

@@ -46,6 +46,7 @@ class FinetuneOptions:
     max_train_rows: int | None = None
     max_eval_rows: int | None = None
     eval_batch_size: int = 64
+    dropout: float | None = 0.1  # backbone dropout while fine-tuning (BERT's 0.1); None keeps the checkpoint's
 
 
 @dataclass
@@ -256,6 +257,18 @@ def load_init(path: str | Path, task: str) -> tuple[LanguageModel, Tokenizer, di
     return lm, tokenizer, None
 
 
+def set_dropout(lm: LanguageModel, p: float) -> None:
+    """Set every dropout rate of a built model (modules and attention) and record it in its config."""
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"--dropout must be in [0, 1), got {p}")
+    for module in lm.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        elif hasattr(module, "dropout") and isinstance(module.dropout, float):
+            module.dropout = p  # SelfAttention keeps its attention-dropout rate as a float
+    lm.config = lm.backbone.config = lm.config.replace(dropout=p)
+
+
 # -- the run --------------------------------------------------------------------------------------------------
 def finetune_run(init: str | Path, train_file: str | Path, eval_file: str | Path | None, out_dir: str | Path,
                  opts: FinetuneOptions, cfg: TrainConfig, epochs: float = 3.0,
@@ -271,6 +284,8 @@ def finetune_run(init: str | Path, train_file: str | Path, eval_file: str | Path
     train, labels = build_data(train_file, tokenizer, opts, labels, True, opts.max_train_rows)
     evaluation = build_data(eval_file, tokenizer, opts, labels, False, opts.max_eval_rows)[0] if eval_file else None
     torch.manual_seed(cfg.seed)
+    if opts.dropout is not None:
+        set_dropout(lm, opts.dropout)
     model = TaskModel(lm, opts.task, len(labels), opts.problem)
     if previous:
         model.load_state_dict(previous["state"])

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import KVCache, SelfAttention
+from .attention import KVCache, Rotary, SelfAttention, rotary_tables
 from .config import ModelConfig
 
 ACTIVATION_FNS = {
@@ -24,17 +24,27 @@ ACTIVATION_FNS = {
 }
 
 
+def make_norm(config: ModelConfig) -> nn.Module:
+    """The configured normalisation: LayerNorm (BERT, GPT-2) or scale-only RMSNorm (Llama)."""
+    if config.norm_type == "rmsnorm":
+        return nn.RMSNorm(config.d_model, eps=config.layer_norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+
+
 class FeedForward(nn.Module):
-    """Position-wise MLP: Linear(d, d_ff) -> activation -> Linear(d_ff, d)."""
+    """Position-wise MLP: down(act(up(x))), or with mlp='swiglu' down(act(gate(x)) * up(x))."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
+        self.gate = nn.Linear(config.d_model, config.d_ff, bias=config.bias) if config.mlp == "swiglu" else None
         self.up = nn.Linear(config.d_model, config.d_ff, bias=config.bias)
         self.down = nn.Linear(config.d_ff, config.d_model, bias=config.bias)
         self.act = ACTIVATION_FNS[config.activation]
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate is not None:
+            return self.drop(self.down(self.act(self.gate(x)) * self.up(x)))
         return self.drop(self.down(self.act(self.up(x))))
 
 
@@ -45,18 +55,18 @@ class Block(nn.Module):
         super().__init__()
         self.pre_norm = config.norm == "pre"
         self.attn = SelfAttention(config)
-        self.norm1 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.norm1 = make_norm(config)
         self.ffn = FeedForward(config)
-        self.norm2 = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+        self.norm2 = make_norm(config)
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, kind: str, attention_mask: torch.Tensor | None,
-                past: KVCache | None) -> tuple[torch.Tensor, KVCache]:
+                past: KVCache | None, rope: Rotary | None = None) -> tuple[torch.Tensor, KVCache]:
         if self.pre_norm:
-            a, cache = self.attn(self.norm1(x), kind, attention_mask, past)
+            a, cache = self.attn(self.norm1(x), kind, attention_mask, past, rope)
             x = x + self.drop(a)
             return x + self.ffn(self.norm2(x)), cache
-        a, cache = self.attn(x, kind, attention_mask, past)
+        a, cache = self.attn(x, kind, attention_mask, past, rope)
         x = self.norm1(x + self.drop(a))
         return self.norm2(x + self.ffn(x)), cache
 
@@ -68,11 +78,16 @@ class Transformer(nn.Module):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.d_model)
-        self.pos_emb = nn.Embedding(config.max_positions, config.d_model)
+        # Rotary models (Llama) have no position table. RoBERTa's table has position_offset extra leading rows
+        # (its padding_idx + 1), so position p reads row p + offset.
+        self.pos_emb = (
+            nn.Embedding(config.max_positions + config.position_offset, config.d_model)
+            if config.position == "learned" else None
+        )
         self.type_emb = nn.Embedding(config.type_vocab_size, config.d_model) if config.type_vocab_size else None
         # Post-norm (BERT) normalises the embeddings; pre-norm (GPT-2) normalises after the last block.
-        self.emb_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm == "post" else None
-        self.final_norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps) if config.norm == "pre" else None
+        self.emb_norm = make_norm(config) if config.norm == "post" else None
+        self.final_norm = make_norm(config) if config.norm == "pre" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
 
@@ -85,7 +100,10 @@ class Transformer(nn.Module):
         attention: str | None = None,
         past: list[KVCache] | None = None,
     ) -> tuple[torch.Tensor, list[KVCache]]:
-        """Hidden states and the per-layer (k, v) cache. ``attention`` overrides the config's mask kind."""
+        """Hidden states and the per-layer (k, v) cache. ``attention`` overrides the config's mask kind.
+
+        position_ids (B or 1, T) are 0-based positions; by default they continue after the cached keys.
+        """
         kind = attention or self.config.attention
         B, T = input_ids.shape
         start = past[0][0].size(2) if past else 0
@@ -93,7 +111,12 @@ class Transformer(nn.Module):
             raise ValueError(f"sequence of {start + T} tokens exceeds max_positions={self.config.max_positions}")
         if position_ids is None:
             position_ids = torch.arange(start, start + T, device=input_ids.device).unsqueeze(0)
-        x = self.tok_emb(input_ids) + self.pos_emb(position_ids)
+        x = self.tok_emb(input_ids)
+        rope = None
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(position_ids + self.config.position_offset)
+        else:
+            rope = rotary_tables(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         if self.type_emb is not None:
             types = token_type_ids if token_type_ids is not None else torch.zeros_like(input_ids)
             x = x + self.type_emb(types)
@@ -104,7 +127,7 @@ class Transformer(nn.Module):
             attention_mask = None  # no padding: let SDPA take its mask-free fast path
         caches: list[KVCache] = []
         for i, block in enumerate(self.blocks):
-            x, cache = block(x, kind, attention_mask, past[i] if past else None)
+            x, cache = block(x, kind, attention_mask, past[i] if past else None, rope)
             caches.append(cache)
         if self.final_norm is not None:
             x = self.final_norm(x)
@@ -120,11 +143,12 @@ class LMHead(nn.Module):
         if config.head_transform:
             self.dense = nn.Linear(config.d_model, config.d_model)
             self.act = ACTIVATION_FNS[config.activation]
-            self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
+            self.norm = make_norm(config)
         else:
             self.dense = None
         self.decoder = None if config.tie_embeddings else nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+        # GPT-2 and Llama have no output bias; head_bias=False drops the parameter so exports stay exact.
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size)) if config.head_bias else None
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.dense is not None:
@@ -166,8 +190,39 @@ class LanguageModel(nn.Module):
         """Logits (B, T, vocab) at every position."""
         return self.head(self.hidden(input_ids, attention_mask, attention, **kwargs))
 
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               pooling: str = "mean", attention: str = "bidirectional", **kwargs) -> torch.Tensor:
+        """Encoder features: pooled (B, d_model) with pooling 'mean' | 'cls' | 'last', or (B, T, d_model) for 'none'.
+
+        Bidirectional by default, as sentence encoders (e.g. all-MiniLM-L6-v2 with mean pooling) are used.
+        """
+        h = self.hidden(input_ids, attention_mask, attention, **kwargs)
+        return pool(h, attention_mask, pooling)
+
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         n = sum(p.numel() for p in self.parameters())
         if exclude_embeddings:
-            n -= self.backbone.pos_emb.weight.numel() + self.backbone.tok_emb.weight.numel()
+            n -= self.backbone.tok_emb.weight.numel()
+            if self.backbone.pos_emb is not None:
+                n -= self.backbone.pos_emb.weight.numel()
         return n
+
+
+POOLINGS = ("mean", "cls", "last", "none")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, how: str = "mean") -> torch.Tensor:
+    """Reduce hidden states (B, T, D) to (B, D) over non-padding positions: 'mean', 'cls' (first), 'last'."""
+    if how == "none":
+        return hidden
+    if how == "cls":
+        return hidden[:, 0]
+    mask = torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None else attention_mask
+    mask = mask.to(hidden.dtype)
+    if how == "mean":
+        return (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1e-9)
+    if how == "last":
+        # the last non-padding position of each row (right padding)
+        last = (mask.sum(1).long() - 1).clamp(min=0)
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+    raise ValueError(f"pooling {how!r} is unknown; choose one of {', '.join(POOLINGS)}")

@@ -382,6 +382,10 @@ def _from_tokenizer_json(path: Path) -> Tokenizer:
         hf = tokenizers.Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a plain Exception on malformed JSON
         raise CheckpointError(f"{path}: cannot read tokenizer.json ({exc}); the file is corrupted") from None
+    # Hugging Face files may enable fixed-length padding/truncation (all-MiniLM-L6-v2 pads to 128); twinlm pads
+    # batches itself, so encode() must return exactly the text's tokens.
+    hf.no_padding()
+    hf.no_truncation()
     sidecar = path.parent / SIDECAR
     if not sidecar.is_file():
         return _infer_foreign(hf, path)
@@ -421,5 +425,11 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             return _from_gpt2_files(path / "vocab.json", path / "merges.txt")
         if (path / "vocab.txt").is_file():
             return _from_bert_vocab(path / "vocab.txt")
+        if (path / "tokenizer.model").is_file():
+            # Reading SentencePiece's protobuf needs the sentencepiece package, which twinlm does not depend on.
+            raise CheckpointError(
+                f"{path}: only a SentencePiece tokenizer.model is here, which twinlm cannot read; write a "
+                "tokenizer.json beside it (transformers: AutoTokenizer.from_pretrained(folder).save_pretrained(folder))"
+            )
         raise CheckpointError(f"{path}: no tokenizer here; looked for {looked_for}")
     raise CheckpointError(f"{path}: no such file or folder; expected a folder with {looked_for}")
