@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, cli_generate, cli_tasks
 from .errors import TwinLMError
 
 EXAMPLES = {
@@ -18,6 +18,7 @@ EXAMPLES = {
     "fill-mask": 'twinlm fill-mask --model runs/mlm "To be or not to [MASK]."',
     "sample": 'twinlm sample --model runs/clm --prompt "ROMEO:" --max-new-tokens 60 --temperature 0.8',
     "quickstart": "twinlm quickstart --out runs/quickstart",
+    "convert": "twinlm convert --from-hf ../shared/data/checkpoints/all-MiniLM-L6-v2 --out models/minilm",
 }
 
 
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     fm.add_argument("--model", required=True, help="run, checkpoint or model folder")
     fm.add_argument("--top-k", type=int, default=5)
     fm.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    fm.add_argument("--joint", action="store_true", help="also fill all masks together by iterative unmasking")
 
     sa = sub.add_parser("sample", help="continue a prompt (causal model)", epilog=_example("sample"),
                         formatter_class=fmt)
@@ -120,6 +122,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="safety cap in training seconds per model; a model that hits it stops early and says so")
     qs.add_argument("--seed", type=int, default=0)
     qs.add_argument("--no-progress", action="store_true")
+
+    cv = sub.add_parser("convert", help="convert between Hugging Face and twinlm model folders",
+                        epilog=_example("convert"), formatter_class=fmt)
+    way = cv.add_mutually_exclusive_group(required=True)
+    way.add_argument("--from-hf", metavar="DIR", help="Hugging Face folder (or hf:ORG/NAME in the local cache)")
+    way.add_argument("--to-hf", metavar="DIR", help="twinlm model, checkpoint or run folder")
+    cv.add_argument("--family", default=None, help="with --to-hf: bert | roberta | distilbert | gpt2 | llama "
+                    "(default: the family it was imported from)")
+    cv.add_argument("--out", required=True, help="folder to write")
+    from .cli_tasks import add_parsers
+
+    add_parsers(sub, fmt, _add_train_flags)
+    cli_generate.add_parsers(sub, fmt)
     return parser
 
 
@@ -176,17 +191,21 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
-    from .pipelines import fill_mask, load_pretrained
+    from .pipelines import fill_mask, fill_mask_joint, load_pretrained
 
     model, tok = load_pretrained(args.model)
     results = fill_mask(model, tok, args.text, args.top_k)
+    joint = fill_mask_joint(model, tok, args.text) if args.joint else None
     if args.json:
-        print(json.dumps([[p.__dict__ for p in preds] for preds in results], indent=2))
+        preds = [[p.__dict__ for p in preds] for preds in results]
+        print(json.dumps({"masks": preds, "joint": joint.__dict__} if joint else preds, indent=2))
         return
     for i, preds in enumerate(results, 1):
         print(f"[MASK] #{i}:")
         for p in preds:
             print(f"  {p.score:6.3f}  {p.token!r:16}  {p.sequence}")
+    if joint is not None:
+        print(f"joint: {joint.sequence}")
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -204,6 +223,19 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
                seed=args.seed, progress=not args.no_progress)
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .hf import convert_from_hf, convert_to_hf
+
+    if args.from_hf:
+        path, info = convert_from_hf(args.from_hf, args.out)
+        print(f"imported {info['family']} from {args.from_hf} -> twinlm model folder {path}")
+        for note in info["notes"]:
+            print(f"note: {note}")
+    else:
+        path, family = convert_to_hf(args.to_hf, args.out, args.family)
+        print(f"exported {args.to_hf} as {family} -> Hugging Face folder {path}")
+
+
 COMMANDS = {
     "tokenizer": cmd_tokenizer,
     "prepare": cmd_prepare,
@@ -211,6 +243,14 @@ COMMANDS = {
     "fill-mask": cmd_fill_mask,
     "sample": cmd_sample,
     "quickstart": cmd_quickstart,
+    "convert": cmd_convert,
+    "generate": cli_generate.cmd_generate,
+    "score": cli_generate.cmd_score,
+    "finetune": lambda args: cli_tasks.cmd_finetune(args, _train_config),
+    "evaluate": lambda args: cli_tasks.cmd_evaluate(args),
+    "classify": lambda args: cli_tasks.cmd_classify(args),
+    "answer": lambda args: cli_tasks.cmd_answer(args),
+    "tag": lambda args: cli_tasks.cmd_tag(args),
 }
 
 
