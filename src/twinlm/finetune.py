@@ -27,6 +27,7 @@ from .errors import CheckpointError, ConfigError, DataError
 from .evaluate import classification_metrics, entities, entity_metrics, squad_metrics
 from .heads import TASKS, TaskLoss, TaskModel
 from .model import LanguageModel
+from .pipelines import check_vocab, load_pretrained
 from .tokenizer import Tokenizer, load_tokenizer
 from .train import TrainConfig, Trainer, TrainResult
 
@@ -227,9 +228,7 @@ def load_task_model(path: str | Path, task: str | None = None, device: str = "cp
     if task and info["task"] != task:
         raise ConfigError(f"{folder}: this model was fine-tuned for --task {info['task']}, not --task {task}")
     tokenizer = load_tokenizer(folder)
-    if tokenizer.vocab_size != config.vocab_size:
-        raise CheckpointError(f"{folder}: tokenizer has {tokenizer.vocab_size} tokens but the model's vocab_size is "
-                              f"{config.vocab_size}; the tokenizer files do not belong to this checkpoint")
+    check_vocab(tokenizer, config.vocab_size, folder)
     model = TaskModel(LanguageModel(config), info["task"], len(info["labels"]), info.get("problem", "single_label"))
     try:
         model.load_state_dict(ckpt.load_model_state(folder))
@@ -241,8 +240,6 @@ def load_task_model(path: str | Path, task: str | None = None, device: str = "cp
 def load_init(path: str | Path, task: str) -> tuple[LanguageModel, Tokenizer, dict | None]:
     """The backbone to start from: a twinlm model/run folder, a fine-tuned model of the same task, or a Hugging
     Face folder. Returns (language model, tokenizer, previous task info or None)."""
-    from .pipelines import load_pretrained
-
     path = Path(path)
     folder = path if not path.is_dir() else (_model_folder(path) if not (path / "config.json").exists() else path)
     try:
