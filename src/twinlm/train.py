@@ -322,6 +322,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
         self.resume(resume)
+        if self.step == 0:
+            self.log.truncate_after(0)  # a fresh run in a used folder starts a fresh log
         self.model.train()
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.dist.main),
                    desc="train", unit="step", dynamic_ncols=True)
