@@ -36,3 +36,23 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subpro
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "twinlm.cli", *args], capture_output=True, text=True,
                           timeout=timeout, env=full_env, cwd=REPO)
+
+
+def peaked_model(vocab: int, kind: str = "causal", positions: int = 128, norm: str = "pre", seed: int = 0,
+                 **extra):
+    """A tiny untied model with weights scaled up 4x, so its outputs are peaked and depend on the context
+    (a tied random model mostly predicts the token it just read)."""
+    import torch
+
+    from twinlm.config import ModelConfig
+    from twinlm.model import LanguageModel
+
+    torch.manual_seed(seed)
+    cfg = ModelConfig(vocab_size=vocab, n_layers=2, d_model=32, n_heads=4, d_ff=64, max_positions=positions,
+                      attention=kind, norm=norm, **{"tie_embeddings": False, **extra})
+    model = LanguageModel(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(4.0)
+    return model

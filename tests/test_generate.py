@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import peaked_model
 from twinlm.checkpoint import save_model
 from twinlm.cli import main
 from twinlm.config import ModelConfig
@@ -38,17 +39,7 @@ VOCAB = 60
 
 def tiny(kind: str = "causal", vocab: int = VOCAB, positions: int = 128, norm: str = "pre", seed: int = 0,
          **extra) -> LanguageModel:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=vocab, n_layers=2, d_model=32, n_heads=4, d_ff=64, max_positions=positions,
-                      attention=kind, norm=norm, **{"tie_embeddings": False, **extra})
-    model = LanguageModel(cfg).eval()
-    # Untied and with larger weights than the init, so outputs are peaked and vary with the context (a tied
-    # random model mostly predicts the token it just read).
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(4.0)
-    return model
+    return peaked_model(vocab, kind, positions, norm, seed, **extra)
 
 
 @pytest.fixture(scope="module")

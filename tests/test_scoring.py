@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
+from helpers import peaked_model
 from twinlm.checkpoint import save_model
 from twinlm.cli import main
-from twinlm.config import ModelConfig
 from twinlm.errors import ConfigError
 from twinlm.model import LanguageModel
 from twinlm.scoring import causal_logprobs, perplexity, pseudo_logprobs, pseudo_perplexity, score
@@ -28,15 +28,7 @@ def tok(tmp_path_factory) -> Tokenizer:
 
 
 def model_for(tok: Tokenizer, kind: str = "causal", positions: int = 32, seed: int = 0) -> LanguageModel:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=tok.vocab_size, n_layers=2, d_model=32, n_heads=4, d_ff=64, max_positions=positions,
-                      attention=kind, tie_embeddings=False)
-    model = LanguageModel(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.mul_(4.0)
-    return model
+    return peaked_model(tok.vocab_size, kind, positions, seed=seed)
 
 
 def fixed_distribution_model(tok: Tokenizer, logp: torch.Tensor, positions: int = 16) -> LanguageModel:
