@@ -27,7 +27,7 @@ from .errors import CheckpointError, ConfigError, DataError
 from .evaluate import classification_metrics, entities, entity_metrics, squad_metrics
 from .heads import TASKS, TaskLoss, TaskModel
 from .model import LanguageModel
-from .pipelines import check_vocab, load_pretrained
+from .pipelines import check_vocab, load_pretrained, resolve_model_dir
 from .tokenizer import Tokenizer, load_tokenizer
 from .train import TrainConfig, Trainer, TrainResult
 
@@ -202,24 +202,9 @@ class FinetuneTask:
 
 
 # -- loading --------------------------------------------------------------------------------------------------
-def _model_folder(path: Path) -> Path:
-    """A model folder, the best/ of a fine-tuning run, or the newest checkpoint of a run."""
-    if (path / "config.json").is_file():
-        return path
-    if (path / "best" / "config.json").is_file():
-        return path / "best"
-    latest = ckpt.latest_checkpoint(path)
-    if latest is None:
-        raise CheckpointError(f"{path}: no config.json, no best/ and no complete checkpoint-* folder inside")
-    return latest
-
-
 def load_task_model(path: str | Path, task: str | None = None, device: str = "cpu") -> tuple[TaskModel, Tokenizer]:
     """A fine-tuned model and its tokenizer; ``task`` given: the model must have been trained for it."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such model folder")
-    folder = _model_folder(path)
+    folder = resolve_model_dir(path)
     config = ModelConfig.load(folder)
     info = config.extra.get("task")
     if info is None:
@@ -240,8 +225,7 @@ def load_task_model(path: str | Path, task: str | None = None, device: str = "cp
 def load_init(path: str | Path, task: str) -> tuple[LanguageModel, Tokenizer, dict | None]:
     """The backbone to start from: a twinlm model/run folder, a fine-tuned model of the same task, or a Hugging
     Face folder. Returns (language model, tokenizer, previous task info or None)."""
-    path = Path(path)
-    folder = path if not path.is_dir() else (_model_folder(path) if not (path / "config.json").exists() else path)
+    folder = resolve_model_dir(path)
     try:
         data = json.loads((folder / "config.json").read_text())
     except (OSError, json.JSONDecodeError):

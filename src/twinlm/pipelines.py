@@ -16,7 +16,7 @@ from .tokenizer import Tokenizer, load_tokenizer
 
 
 def resolve_model_dir(path: str | Path) -> Path:
-    """A model folder itself, a run folder whose newest valid checkpoint is taken, or hf:ORG/NAME from the cache."""
+    """A model folder itself, a run's best/ (fine-tuning), its newest valid checkpoint, or hf:ORG/NAME."""
     from .hf import resolve_hf_path
 
     path = resolve_hf_path(path)
@@ -24,9 +24,11 @@ def resolve_model_dir(path: str | Path) -> Path:
         raise CheckpointError(f"{path}: no such model folder; pass the --out folder of a training run")
     if (path / "config.json").is_file():
         return path
+    if (path / "best" / "config.json").is_file():
+        return path / "best"
     latest = ckpt.latest_checkpoint(path)
     if latest is None:
-        raise CheckpointError(f"{path}: no config.json and no complete checkpoint-* folder inside")
+        raise CheckpointError(f"{path}: no config.json, no best/ and no complete checkpoint-* folder inside")
     return latest
 
 
