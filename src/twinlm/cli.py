@@ -43,6 +43,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", default="auto", help="auto | cpu | cuda")
     g.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the model and loss (the first step pays the compile time; it is logged)")
     g.add_argument("--resume", default=None, help="'auto' (newest valid checkpoint in --out) or a checkpoint folder")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
 
@@ -146,7 +148,7 @@ def _train_config(args: argparse.Namespace):
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         eval_every=args.eval_every, save_every=args.save_every, keep_last=args.keep_last, log_every=args.log_every,
         time_budget=args.time_budget, seed=args.seed, device=args.device, dtype=args.dtype,
-        progress=not args.no_progress,
+        progress=not args.no_progress, compile=args.compile,
     )
 
 

@@ -150,11 +150,17 @@ class LMHead(nn.Module):
         # GPT-2 and Llama have no output bias; head_bias=False drops the parameter so exports stay exact.
         self.bias = nn.Parameter(torch.zeros(config.vocab_size)) if config.head_bias else None
 
+    @property
+    def weight(self) -> torch.Tensor:
+        """The (vocab, d_model) decoder matrix: the token embedding when tied."""
+        return self.embedding[0].weight if self.decoder is None else self.decoder.weight
+
+    def transform(self, h: torch.Tensor) -> torch.Tensor:
+        """BERT's dense + activation + norm before the decoder (identity without a head transform)."""
+        return h if self.dense is None else self.norm(self.act(self.dense(h)))
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        if self.dense is not None:
-            h = self.norm(self.act(self.dense(h)))
-        weight = self.embedding[0].weight if self.decoder is None else self.decoder.weight
-        return F.linear(h, weight, self.bias)
+        return F.linear(self.transform(h), self.weight, self.bias)
 
 
 class LanguageModel(nn.Module):

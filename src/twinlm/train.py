@@ -54,6 +54,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     dtype: str = "fp32"
+    compile: bool = False  # torch.compile the loss module (model + objective); compile time is logged apart
     progress: bool = True
     best_metric: str | None = None  # e.g. "accuracy": keep run_dir/best at its best evaluation
     greater_is_better: bool = True
@@ -96,6 +97,17 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
         if p.requires_grad:
             (decay if p.dim() >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over ``param_groups``, as the trainer builds it.
+
+    The fused kernel updates each tensor in one pass instead of ~8 elementwise passes: on a 2-core CPU that is about
+    a second per step for a 16M-parameter model (the Hugging Face Trainer also defaults to it on torch >= 2.8).
+    """
+    devices = {p.device.type for p in model.parameters()}
+    fused = devices <= {"cpu", "cuda"} and all(p.dtype.is_floating_point for p in model.parameters())
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=fused)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -170,6 +182,7 @@ class TrainResult:
     tokens_per_s: float
     elapsed_s: float
     stopped_early: str | None = None
+    compile_s: float | None = None  # the first step's time when compiled (included in elapsed_s)
 
 
 class Trainer:
@@ -192,7 +205,12 @@ class Trainer:
         if self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.loss_module = nn.parallel.DistributedDataParallel(self.loss_module, device_ids=ids)
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas)
+        if cfg.compile:
+            # Compiled outside DDP so DDP's bucketing hooks stay in eager code; the weights are shared with
+            # self.model, so checkpoints and evaluation are unaffected.
+            self.loss_module = torch.compile(self.loss_module)
+        self.compile_s: float | None = None
+        self.optimizer = build_optimizer(self.model, cfg)
         self.step = 0
         self.tokens_seen = 0
         self.best: float | None = None
@@ -341,9 +359,15 @@ class Trainer:
                 if self._agree(float(over or interrupted["flag"])) > 0:
                     stopped = "interrupted" if interrupted["flag"] else "time budget reached"
                     break
+                step_start = time.perf_counter()
                 loss, tokens = self._train_step()
                 self.tokens_seen += tokens
                 window_tokens += tokens
+                if cfg.compile and self.compile_s is None:
+                    # The first compiled step traces and compiles; its time is reported apart, not as throughput.
+                    self.compile_s = time.perf_counter() - step_start
+                    self.log.write({"step": self.step, "compile_s": round(self.compile_s, 2)})
+                    window_t, window_tokens = time.perf_counter(), 0
                 lr = lr_at(self.step - 1, cfg)
                 now = time.perf_counter()
                 tok_s = window_tokens / max(now - window_t, 1e-9)
@@ -374,7 +398,7 @@ class Trainer:
         tokens_per_s = self._throughput()
         if self.dist.main and stopped:
             print(f"stopped at step {self.step} ({stopped}); checkpoint in {folder}")
-        return TrainResult(self.run_dir, folder, self.step, metrics, tokens_per_s, elapsed, stopped)
+        return TrainResult(self.run_dir, folder, self.step, metrics, tokens_per_s, elapsed, stopped, self.compile_s)
 
     def _throughput(self) -> float:
         """Median tokens/s over the logged windows (skips the first window, which includes warm-up)."""
