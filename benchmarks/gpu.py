@@ -98,7 +98,7 @@ def make_case(name: str, args: argparse.Namespace) -> Case:
     size = "tiny" if args.smoke and args.preset is None else (args.preset or "base")
     if name == "clm":
         seq = args.seq_len or (64 if args.smoke else 1024)
-        batch = args.batch_size or (2 if args.smoke else 16)
+        batch = args.batch_size or (2 if args.smoke else 48)  # 48 x 1024 reached 42% MFU on an H200 (16: 39.6%)
         # GPT-2 / nanoGPT: pre-norm, no LM-head bias; 50,304 = 50,257 rounded up to a multiple of 64 so the
         # head's matmul tiles evenly (the extra rows are never a target).
         vocab = real_vocab(GPT2_VOCAB, args)
@@ -106,7 +106,7 @@ def make_case(name: str, args: argparse.Namespace) -> Case:
                      max_positions=seq, head_bias=False, dropout=0.0)
         return Case(name, cfg, batch, seq, vocab)
     seq = args.seq_len or (64 if args.smoke else 512)
-    batch = args.batch_size or (2 if args.smoke else 32)
+    batch = args.batch_size or (2 if args.smoke else 48)  # 48 x 512: 43% MFU on an H200 (32: 41.6%)
     # type_vocab_size=2 keeps BERT's segment table; mlm_loss passes no token types, so every row is segment 0.
     vocab = real_vocab(BERT_VOCAB, args)
     cfg = preset(size, vocab_size=vocab, attention="bidirectional", norm="post", max_positions=seq,
@@ -330,7 +330,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--case", choices=("clm", "mlm", "all"), default="all")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default 30; smoke 3)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps incl. the compiling one (10; smoke 1)")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 16 (clm), 32 (mlm); smoke 2")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 48 (clm and mlm); smoke 2")
     parser.add_argument("--seq-len", type=int, default=None, help="default 1024 (clm), 512 (mlm); smoke 64")
     parser.add_argument("--preset", default=None, help="model size preset (default base; smoke tiny)")
     parser.add_argument("--vocab-size", type=int, default=None,
