@@ -10,7 +10,15 @@ import torch.nn.functional as F
 from twinlm.config import ModelConfig
 from twinlm.errors import ConfigError
 from twinlm.model import LanguageModel
-from twinlm.objectives import IGNORE_INDEX, HybridSchedule, MLMMasker, clm_labels, clm_loss, mlm_loss
+from twinlm.objectives import (
+    IGNORE_INDEX,
+    HybridSchedule,
+    MLMMasker,
+    clm_labels,
+    clm_loss,
+    mlm_loss,
+    projected_cross_entropy,
+)
 
 VOCAB = 1000
 SPECIAL = [0, 1, 2, 3, 4]  # pad, unk, cls, sep, mask
@@ -196,3 +204,40 @@ def test_both_objectives_learn_a_copy_task(objective):
         else:  # positions 4.. can be copied from one period back
             accuracy = (model(x, attention="causal").argmax(-1)[:, 3:-1] == x[:, 4:]).float().mean()
     assert accuracy > 0.9, float(accuracy)
+
+
+@pytest.mark.parametrize("head_transform,head_bias,chunk", [(False, False, 16), (True, True, 7), (False, True, 1000)])
+def test_projected_cross_entropy_equals_full_logits_loss_and_gradients(head_transform, head_bias, chunk):
+    """The chunked loss that never holds the (N, vocab) logits: same value and same gradients, in float64."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=97, d_model=32, n_heads=4, d_ff=64, head_transform=head_transform,
+                      head_bias=head_bias)
+    model = LanguageModel(cfg).double()
+    if head_bias:
+        torch.nn.init.normal_(model.head.bias)
+    hidden = torch.randn(50, 32, dtype=torch.float64, requires_grad=True)
+    labels = torch.randint(0, 97, (50,))
+    labels[::7] = IGNORE_INDEX
+    params = [hidden, model.head.weight] + [p for p in model.head.parameters()]
+    ours = projected_cross_entropy(model.head, hidden, labels, chunk=chunk)
+    ref = F.cross_entropy(model.head(hidden), labels, ignore_index=IGNORE_INDEX)
+    assert abs(ours.item() - ref.item()) < 1e-12
+    g_ours = torch.autograd.grad(2.5 * ours, params)
+    g_ref = torch.autograd.grad(2.5 * ref, params)
+    for a, b in zip(g_ours, g_ref, strict=True):
+        assert torch.allclose(a, b, atol=1e-12), float((a - b).abs().max())
+    with torch.no_grad():  # evaluation path: no gradient buffers, same value
+        assert abs(float(projected_cross_entropy(model.head, hidden, labels)) - float(ref)) < 1e-12
+
+
+def test_projected_cross_entropy_under_bf16_autocast_tracks_fp32():
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=300, d_model=32, n_heads=4, d_ff=64))
+    hidden = torch.randn(64, 32, requires_grad=True)
+    labels = torch.randint(0, 300, (64,))
+    ref = F.cross_entropy(model.head(hidden), labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = projected_cross_entropy(model.head, hidden, labels)
+    assert ours.dtype == torch.float32 and abs(ours.item() - ref.item()) < 0.02
+    ours.backward()
+    assert model.head.weight.grad.dtype == torch.float32 and hidden.grad.dtype == torch.float32

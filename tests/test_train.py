@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -200,3 +201,17 @@ def test_bf16_autocast_step_tracks_fp32(tmp_path, data):
         result[dtype] = trainer.train().metrics["val_loss"]
     assert result["fp32"] != result["bf16"]  # autocast really ran in bf16
     assert abs(result["fp32"] - result["bf16"]) < 0.05
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler")
+def test_compiled_training_matches_eager(tmp_path, data):
+    """--compile changes the speed, not the maths: the same losses as eager, and the compile time is logged apart."""
+    opts = PretrainOptions(objective="clm", seq_len=32)
+    eager = pretrain_run(data, tmp_path / "eager", "tiny", opts, _cfg(max_steps=4, eval_every=100))
+    compiled = pretrain_run(data, tmp_path / "compiled", "tiny", opts, _cfg(max_steps=4, eval_every=100, compile=True))
+    a, b = losses(tmp_path / "eager"), losses(tmp_path / "compiled")
+    assert a.keys() == b.keys() and all(abs(a[k] - b[k]) < 1e-3 for k in a), (a, b)
+    assert compiled.compile_s is not None and compiled.compile_s > 0 and eager.compile_s is None
+    rows = [json.loads(line) for line in (tmp_path / "compiled" / "metrics.jsonl").read_text().splitlines()]
+    assert any("compile_s" in r for r in rows)
