@@ -16,6 +16,7 @@ from twinlm.config import ModelConfig
 from twinlm.data import tasks as T
 from twinlm.errors import ConfigError, DataError
 from twinlm.finetune import FinetuneOptions, answer, classify, finetune_run, load_task_model, tag
+from twinlm.heads import TaskModel
 from twinlm.model import LanguageModel
 from twinlm.tokenizer import train_tokenizer
 from twinlm.train import TrainConfig
@@ -241,3 +242,27 @@ def test_ner_reader_errors(tmp_path):
     f.write_text("EU NNP B-NP ORG\n")
     with pytest.raises(DataError, match=r"x.conll:1: tag 'ORG' is not IOB2"):
         T.read_conll(f)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(norm="pre", attention="causal"),
+                                dict(norm="pre", norm_type="rmsnorm", position="rotary", mlp="swiglu",
+                                     attention="causal", n_kv_heads=2)])
+def test_classifier_reading_one_position_equals_the_full_forward(kw):
+    torch.manual_seed(0)
+    lm = LanguageModel(ModelConfig(vocab_size=50, n_layers=2, d_model=32, n_heads=4, d_ff=64, max_positions=32,
+                                   **kw)).eval()
+    model = TaskModel(lm, "classify", 3).eval()
+    ids = torch.randint(1, 50, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 5:] = 0
+    mask[2, 8:] = 0
+    with torch.no_grad():
+        got, _ = model(ids, mask)
+        full = lm.hidden(ids, mask, attention=lm.config.attention)
+        last = mask.sum(1) - 1 if lm.config.attention == "causal" else torch.zeros(3, dtype=torch.long)
+        want = model.classifier(full[torch.arange(3), last])
+        got2, _ = model(ids)
+        plain = lm.hidden(ids, None, attention=lm.config.attention)
+        want2 = model.classifier(plain[:, -1] if lm.config.attention == "causal" else plain[:, 0])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got2, want2, rtol=0, atol=1e-5)

@@ -86,6 +86,11 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
 
 
+def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(B, 1, ...): position rows[b] of each row b of x (B, T, ...)."""
+    return x[torch.arange(x.size(0), device=x.device), rows].unsqueeze(1)
+
+
 KVCache = tuple[torch.Tensor, torch.Tensor]
 Rotary = tuple[torch.Tensor, torch.Tensor]
 
@@ -136,16 +141,33 @@ class SelfAttention(nn.Module):
         attention_mask: torch.Tensor | None = None,
         past: KVCache | None = None,
         rope: Rotary | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, KVCache]:
-        """x: (B, T, D); attention_mask: (B, K) over all keys (past + new); returns (output, (k, v))."""
+        """x: (B, T, D); attention_mask: (B, K) over all keys (past + new); returns (output, (k, v)).
+
+        rows (B,): compute the output only at position rows[b] of each row (keys and values still come from every
+        position), so the output is (B, 1, D): what a head that reads one position needs from the last block.
+        """
         B, T, D = x.shape
         kv_dim = self.kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split([D, kv_dim, kv_dim], dim=-1)
-        q = q.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
+        if rows is None:
+            q, k, v = self.qkv(x).split([D, kv_dim, kv_dim], dim=-1)
+        else:
+            if past is not None:
+                raise ValueError("rows= computes a full sequence; it does not take a KV cache")
+            w, bias = self.qkv.weight, self.qkv.bias
+            q = F.linear(gather_rows(x, rows), w[:D], None if bias is None else bias[:D])
+            k, v = F.linear(x, w[D:], None if bias is None else bias[D:]).split([kv_dim, kv_dim], dim=-1)
+            if kind == "causal":  # the query sits at rows[b], not at the end: mask the keys after it explicitly
+                after = torch.arange(T, device=x.device)[None, :] > rows[:, None]
+                keep = ~after if attention_mask is None else attention_mask.bool() & ~after
+                attention_mask, kind = keep, "bidirectional"
+        q = q.view(B, q.size(1), self.n_heads, self.head_dim).transpose(1, 2)
         k = k.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, T, self.kv_heads, self.head_dim).transpose(1, 2)
         if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            q_rope = rope if rows is None else tuple(gather_rows(r.expand(B, -1, -1), rows) for r in rope)
+            q, k = apply_rotary(q, *q_rope), apply_rotary(k, *rope)
         if past is not None:
             k = torch.cat([past[0], k], dim=2)
             v = torch.cat([past[1], v], dim=2)
@@ -153,7 +175,7 @@ class SelfAttention(nn.Module):
         if self.kv_heads != self.n_heads:
             repeat = self.n_heads // self.kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-        K = k.size(2)
+        K, T = k.size(2), q.size(2)
         dropout_p = self.dropout if self.training else 0.0
         if self.impl == "sdpa" and attention_mask is None and (kind == "bidirectional" or T == K):
             # Fast path: no explicit mask tensor, the kernel applies the causal triangle itself.

@@ -87,7 +87,13 @@ def build_data(path: str | Path, tokenizer: Tokenizer, opts: FinetuneOptions, la
     return TaskData(opts.task, examples, feats, str(path)), labels
 
 
-@torch.no_grad()
+def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Row indices per inference batch: rows sorted by length, then cut every ``batch_size``."""
+    order = sorted(range(len(lengths)), key=lengths.__getitem__)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+@torch.inference_mode()  # lighter than no_grad (no version counters, no view tracking); logits are only read
 def predict_logits(model: TaskModel, features: list[dict[str, Any]], pad_id: int, batch_size: int = 64,
                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
                    ) -> list[torch.Tensor]:
@@ -95,10 +101,8 @@ def predict_logits(model: TaskModel, features: list[dict[str, Any]], pad_id: int
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]))
     out: list[torch.Tensor | None] = [None] * len(features)
-    for i in range(0, len(order), batch_size):
-        idx = order[i:i + batch_size]
+    for idx in length_batches([len(f["input_ids"]) for f in features], batch_size):
         batch = T.collate([{k: v for k, v in features[j].items() if k in ("input_ids", "token_type_ids")}
                            for j in idx], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}

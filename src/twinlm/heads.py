@@ -20,12 +20,16 @@ TASKS = ("classify", "qa", "ner")
 PROBLEMS = ("single_label", "multi_label", "regression")
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor | None, attention: str) -> torch.Tensor:
-    """(B, D): the first position under bidirectional attention, the last real token under causal attention."""
-    if attention == "bidirectional" or attention_mask is None:
-        return hidden[:, 0] if attention == "bidirectional" else hidden[:, -1]
-    last = attention_mask.long().sum(1) - 1  # right padding: the last real token
-    return hidden[torch.arange(hidden.size(0), device=hidden.device), last]
+def pooled_rows(shape: tuple[int, ...], attention_mask: torch.Tensor | None, attention: str,
+                device: torch.device) -> torch.Tensor:
+    """(B,) the position a sequence head reads in each row: [CLS] (0) under bidirectional attention, the last real
+    token under causal attention (the only position that has seen the whole text)."""
+    B, T = shape[0], shape[1]
+    if attention == "bidirectional":
+        return torch.zeros(B, dtype=torch.long, device=device)
+    if attention_mask is None:
+        return torch.full((B,), T - 1, dtype=torch.long, device=device)
+    return attention_mask.long().sum(1) - 1  # right padding: the last real token
 
 
 class TaskModel(nn.Module):
@@ -56,8 +60,8 @@ class TaskModel(nn.Module):
         return self.lm.config.attention
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                 token_type_ids: torch.Tensor | None) -> torch.Tensor:
-        kwargs: dict[str, Any] = {}
+                 token_type_ids: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs: dict[str, Any] = {} if rows is None else {"rows": rows}
         if token_type_ids is not None and self.lm.backbone.type_emb is not None:
             kwargs["token_type_ids"] = token_type_ids
         return self.lm.hidden(input_ids, attention_mask, attention=self.attention, **kwargs)
@@ -67,10 +71,13 @@ class TaskModel(nn.Module):
                 start_positions: torch.Tensor | None = None,
                 end_positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(logits, loss). classify: (B, C); qa: (B, T, 2) start/end; ner: (B, T, C)."""
-        hidden = self.features(input_ids, attention_mask, token_type_ids)
         if self.task == "classify":
-            logits = self.classifier(self.dropout(pool(hidden, attention_mask, self.attention)))
+            # Only the pooled position is read, so the last block computes just that one (the same numbers).
+            rows = pooled_rows(input_ids.shape, attention_mask, self.attention, input_ids.device)
+            hidden = self.features(input_ids, attention_mask, token_type_ids, rows)
+            logits = self.classifier(self.dropout(hidden[:, 0]))
             return logits, None if labels is None else self._classification_loss(logits, labels)
+        hidden = self.features(input_ids, attention_mask, token_type_ids)
         logits = self.classifier(self.dropout(hidden))
         if self.task == "ner":
             loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),

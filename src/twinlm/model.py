@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import KVCache, Rotary, SelfAttention, rotary_tables
+from .attention import KVCache, Rotary, SelfAttention, gather_rows, rotary_tables
 from .config import ModelConfig
 
 ACTIVATION_FNS = {
@@ -61,12 +61,16 @@ class Block(nn.Module):
         self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor, kind: str, attention_mask: torch.Tensor | None,
-                past: KVCache | None, rope: Rotary | None = None) -> tuple[torch.Tensor, KVCache]:
+                past: KVCache | None, rope: Rotary | None = None,
+                rows: torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache]:
+        """rows (B,): compute only position rows[b] of each row (see SelfAttention); the output is (B, 1, D)."""
         if self.pre_norm:
-            a, cache = self.attn(self.norm1(x), kind, attention_mask, past, rope)
+            a, cache = self.attn(self.norm1(x), kind, attention_mask, past, rope, rows)
+            x = x if rows is None else gather_rows(x, rows)
             x = x + self.drop(a)
             return x + self.ffn(self.norm2(x)), cache
-        a, cache = self.attn(x, kind, attention_mask, past, rope)
+        a, cache = self.attn(x, kind, attention_mask, past, rope, rows)
+        x = x if rows is None else gather_rows(x, rows)
         x = self.norm1(x + self.drop(a))
         return self.norm2(x + self.ffn(x)), cache
 
@@ -99,10 +103,13 @@ class Transformer(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         attention: str | None = None,
         past: list[KVCache] | None = None,
+        rows: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[KVCache]]:
         """Hidden states and the per-layer (k, v) cache. ``attention`` overrides the config's mask kind.
 
         position_ids (B or 1, T) are 0-based positions; by default they continue after the cached keys.
+        rows (B,): only position rows[b] of each row is wanted (a pooling head): the last block computes just
+        those and the hidden states are (B, 1, D). Every other block still runs on all positions (they are keys).
         """
         kind = attention or self.config.attention
         B, T = input_ids.shape
@@ -127,7 +134,8 @@ class Transformer(nn.Module):
             attention_mask = None  # no padding: let SDPA take its mask-free fast path
         caches: list[KVCache] = []
         for i, block in enumerate(self.blocks):
-            x, cache = block(x, kind, attention_mask, past[i] if past else None, rope)
+            last = rows if i == len(self.blocks) - 1 else None
+            x, cache = block(x, kind, attention_mask, past[i] if past else None, rope, last)
             caches.append(cache)
         if self.final_norm is not None:
             x = self.final_norm(x)
