@@ -12,17 +12,19 @@ line: tokens/s per side and batch, the ratio, whether the greedy tokens are iden
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import resource
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from twinlm.config import ModelConfig
-from twinlm.generate import generate_ids
-from twinlm.model import LanguageModel
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit, fp32_peak_gflops, peak_rss_mb, rate_summary, versions  # noqa: E402
+
+from twinlm.config import ModelConfig  # noqa: E402
+from twinlm.generate import generate_ids  # noqa: E402
+from twinlm.model import LanguageModel  # noqa: E402
 
 
 def twinlm_model(vocab: int, positions: int) -> LanguageModel:
@@ -34,49 +36,13 @@ def twinlm_model(vocab: int, positions: int) -> LanguageModel:
 
 
 def hf_copy(model: LanguageModel):
-    """A transformers GPT2LMHeadModel holding the same weights, through twinlm.hf's exporter when it is there."""
+    """A transformers GPT2LMHeadModel holding the same weights, through twinlm.hf's exporter."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    try:
-        from twinlm.hf import export_hf_state, hf_config_from
-    except ImportError:
-        return hf_copy_by_hand(model)
+    from twinlm.hf import export_hf_state, hf_config_from
     cfg = {k: v for k, v in hf_config_from(model.config, "gpt2").items() if k not in ("model_type", "architectures")}
     hf = GPT2LMHeadModel(GPT2Config(**cfg, bos_token_id=0, eos_token_id=0)).eval()
     missing, unexpected = hf.load_state_dict(export_hf_state(model, "gpt2"), strict=False)
-    assert not unexpected and all(k == "lm_head.weight" or "attn.bias" in k for k in missing), (missing, unexpected)
-    return hf
-
-
-def hf_copy_by_hand(model: LanguageModel):
-    """The same copy mapped here (Conv1D stores (in, out), our Linear (out, in); qkv fused in the same order)."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    c = model.config
-    hf_cfg = GPT2Config(vocab_size=c.vocab_size, n_positions=c.max_positions, n_embd=c.d_model, n_layer=c.n_layers,
-                        n_head=c.n_heads, n_inner=c.d_ff, activation_function="gelu_new", resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0, layer_norm_epsilon=c.layer_norm_eps,
-                        bos_token_id=0, eos_token_id=0, pad_token_id=0)
-    hf = GPT2LMHeadModel(hf_cfg).eval()
-    src = model.state_dict()
-    out: dict[str, torch.Tensor] = {
-        "transformer.wte.weight": src["backbone.tok_emb.weight"],
-        "transformer.wpe.weight": src["backbone.pos_emb.weight"],
-        "transformer.ln_f.weight": src["backbone.final_norm.weight"],
-        "transformer.ln_f.bias": src["backbone.final_norm.bias"],
-    }
-    pairs = {"ln_1": "norm1", "ln_2": "norm2", "attn.c_attn": "attn.qkv", "attn.c_proj": "attn.out",
-             "mlp.c_fc": "ffn.up", "mlp.c_proj": "ffn.down"}
-    for i in range(c.n_layers):
-        for theirs, ours in pairs.items():
-            w, b = src[f"backbone.blocks.{i}.{ours}.weight"], src[f"backbone.blocks.{i}.{ours}.bias"]
-            # Conv1D computes x @ W with W (in, out); our Linear holds (out, in). LayerNorm weights are 1-D.
-            out[f"transformer.h.{i}.{theirs}.weight"] = w.t().contiguous() if w.dim() == 2 else w
-            out[f"transformer.h.{i}.{theirs}.bias"] = b
-    bias = src.get("head.bias")
-    assert bias is None or float(bias.abs().max()) == 0.0, "HF's LM head has no bias; ours must be zero to compare"
-    missing, unexpected = hf.load_state_dict(out, strict=False)
-    # lm_head.weight is tied to wte; the attention bias buffers (if any) are not weights.
     assert not unexpected and all(k == "lm_head.weight" or "attn.bias" in k for k in missing), (missing, unexpected)
     return hf
 
@@ -103,7 +69,6 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--vocab", type=int, default=50257)
     args = parser.parse_args()
-    import transformers
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
@@ -129,15 +94,23 @@ def main() -> None:
             identical &= ours_tokens == hf_tokens
         ours = batch * args.new_tokens / statistics.median(ours_t)
         theirs = batch * args.new_tokens / statistics.median(theirs_t)
-        record[f"batch{batch}"] = {"twinlm_tokens_per_s": round(ours, 1), "hf_tokens_per_s": round(theirs, 1),
-                                   "ratio": round(ours / theirs, 2)}
+        # Decoding FLOPs per new token: 2 per weight (vocabulary projection included) + attention over the cache.
+        c = model.config
+        weights = model.num_parameters() - model.backbone.pos_emb.weight.numel()
+        mean_ctx = args.prompt_len + args.new_tokens / 2
+        gflop_per_token = (2 * weights + 4 * c.n_layers * c.d_model * mean_ctx) / 1e9
+        record[f"batch{batch}"] = {
+            "twinlm_tokens_per_s": round(ours, 1), "hf_tokens_per_s": round(theirs, 1),
+            "ratio": round(ours / theirs, 2), "twinlm": rate_summary(ours_t, batch * args.new_tokens),
+            "hf": rate_summary(theirs_t, batch * args.new_tokens),
+            "twinlm_gflops": round(ours * gflop_per_token, 1), "hf_gflops": round(theirs * gflop_per_token, 1),
+            "twinlm_utilisation": round(ours * gflop_per_token / fp32_peak_gflops(), 3),
+        }
     record.update({
         "identical_greedy_tokens": identical,
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
-        "machine": platform.machine(), "rounds": args.rounds,
+        "peak_rss_mb": peak_rss_mb(), "rounds": args.rounds, "fp32_peak_gflops": fp32_peak_gflops(), **versions(),
     })
-    print(json.dumps(record), flush=True)
+    emit(record)
 
 
 if __name__ == "__main__":
