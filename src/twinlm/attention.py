@@ -177,8 +177,9 @@ class SelfAttention(nn.Module):
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         K, T = k.size(2), q.size(2)
         dropout_p = self.dropout if self.training else 0.0
-        if self.impl == "sdpa" and attention_mask is None and (kind == "bidirectional" or T == K):
-            # Fast path: no explicit mask tensor, the kernel applies the causal triangle itself.
+        if self.impl == "sdpa" and attention_mask is None and (kind == "bidirectional" or T == K or T == 1):
+            # Fast path: no explicit mask tensor, the kernel applies the causal triangle itself; one new query
+            # (a decoding step) is the last position and sees every key, so it needs no mask at all.
             y = sdpa_attention(q, k, v, None, dropout_p, is_causal=(kind == "causal" and T > 1))
         else:
             mask = build_mask(kind, T, K, attention_mask, x.device, q.dtype)
