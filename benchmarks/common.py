@@ -20,6 +20,9 @@ from typing import Any
 
 import torch
 
+# ../shared/data beside the repository, or $TWINLM_SHARED_DATA (as the tests read it).
+SHARED_DATA = Path(os.environ.get("TWINLM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
 
 def emit(row: dict[str, Any]) -> None:
     """Print one JSON line (flushed, so a long suite shows each case as it ends)."""

@@ -37,7 +37,6 @@ sentence (48% of the tokens it computes are padding), twinlm's classify() sorts 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py sits beside this script
 from common import (  # noqa: E402
+    SHARED_DATA,
     alternate,
     emit,
     fp32_peak_gflops,
@@ -62,7 +62,7 @@ from twinlm.finetune import classify, length_batches, load_init, predict_logits 
 from twinlm.heads import TaskModel  # noqa: E402
 from twinlm.tokenizer import Tokenizer  # noqa: E402
 
-DATA = Path(os.environ.get("TWINLM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA = SHARED_DATA
 MINILM = DATA / "checkpoints" / "all-MiniLM-L6-v2"
 SST2_DEV = DATA / "sentiment" / "sst2_dev.tsv"
 MAX_LEN = 128

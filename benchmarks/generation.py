@@ -1,6 +1,6 @@
 """Greedy KV-cached generation speed: twinlm vs Hugging Face GPT2LMHeadModel.generate on the same weights.
 
-    python benchmarks/generation.py [--new-tokens 256] [--prompt-len 16] [--rounds 3] [--batches 1,8]
+    python benchmarks/generation.py [--new-tokens 256] [--prompt-len 16] [--rounds 5] [--batches 1,8]
 
 A 4-layer, 256-hidden, 4-head GPT-2-style model with GPT-2's 50,257-token vocabulary is built in twinlm with a fixed
 seed, its weights are copied into a transformers GPT-2 of the same shape, and both decode the same random prompts
@@ -65,7 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--prompt-len", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--vocab", type=int, default=50257)
     args = parser.parse_args()

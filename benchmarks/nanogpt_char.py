@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, fp32_peak_gflops, peak_rss_mb, versions  # noqa: E402
+from common import SHARED_DATA, emit, fp32_peak_gflops, peak_rss_mb, versions  # noqa: E402
 
 from twinlm.data.corpus import TokenShard, prepare_corpus  # noqa: E402
 from twinlm.objectives import clm_loss  # noqa: E402
@@ -45,7 +45,7 @@ from twinlm.runs import pretrain_run  # noqa: E402
 from twinlm.tokenizer import train_tokenizer  # noqa: E402
 from twinlm.train import TrainConfig  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "text" / "tinyshakespeare.txt"
+SHARED = SHARED_DATA / "text" / "tinyshakespeare.txt"
 NANOGPT_QUOTED = {"val_loss_estimate": 1.886, "ms_per_iter": 38.0,
                   "source": "quoted by the performance issue, measured on a machine like this one"}
 MODEL = dict(n_layers=4, d_model=128, n_heads=4, d_ff=512, max_positions=65, dropout=0.0, bias=False,
