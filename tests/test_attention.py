@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from twinlm.attention import build_mask, causal_mask, math_attention, sdpa_attention
+from twinlm.attention import KVBuffer, build_mask, causal_mask, math_attention, sdpa_attention
 from twinlm.config import ModelConfig
 from twinlm.model import LanguageModel
 
@@ -109,3 +109,22 @@ def test_kv_cache_matches_full_forward():
             h, cache = model.backbone(ids[:, t:t + 1], past=cache)
             steps.append(model.head(h))
     assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
+
+
+def test_preallocated_kv_buffer_equals_the_concatenating_cache():
+    """The decoder's in-place KVBuffer gives the same logits as the (k, v) tuples it replaces, and refuses overflow."""
+    model = _tiny("causal")
+    c = model.config
+    ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        full = model(ids)
+        past = [KVBuffer(2, c.kv_heads, 16, c.head_dim, torch.float32, "cpu") for _ in range(c.n_layers)]
+        h, cache = model.backbone(ids[:, :10], past=past)
+        assert cache[0] is past[0] and past[0].length == 10
+        steps = [model.head(h)]
+        for t in range(10, 16):
+            h, cache = model.backbone(ids[:, t:t + 1], past=cache)
+            steps.append(model.head(h))
+        assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
+        with pytest.raises(ValueError, match="holds 16 positions"):
+            model.backbone(ids[:, :1], past=cache)

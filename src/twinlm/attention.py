@@ -91,8 +91,36 @@ def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     return x[torch.arange(x.size(0), device=x.device), rows].unsqueeze(1)
 
 
-KVCache = tuple[torch.Tensor, torch.Tensor]
 Rotary = tuple[torch.Tensor, torch.Tensor]
+
+
+class KVBuffer:
+    """One layer's key/value cache pre-allocated for ``capacity`` positions: a decoding step writes its keys and
+    values in place, where a (k, v) tuple cache would copy the whole cache with torch.cat at every step."""
+
+    def __init__(self, batch: int, heads: int, capacity: int, head_dim: int, dtype: torch.dtype,
+                 device: torch.device | str) -> None:
+        self.k = torch.empty(batch, heads, capacity, head_dim, dtype=dtype, device=device)
+        self.v = torch.empty_like(self.k)
+        self.length = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store (B, H, T, d) new keys/values after the cached ones; return views of all of them."""
+        end = self.length + k.size(2)
+        if end > self.k.size(2):
+            raise ValueError(f"KV buffer holds {self.k.size(2)} positions; {end} were asked for")
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
+
+
+KVCache = tuple[torch.Tensor, torch.Tensor] | KVBuffer
+
+
+def cache_length(cache: KVCache) -> int:
+    """Positions held by a layer's cache (a (k, v) tuple or a KVBuffer)."""
+    return cache.length if isinstance(cache, KVBuffer) else cache[0].size(2)
 
 
 def rotary_tables(position_ids: torch.Tensor, head_dim: int, theta: float = 10000.0,
@@ -168,10 +196,14 @@ class SelfAttention(nn.Module):
         if rope is not None:
             q_rope = rope if rows is None else tuple(gather_rows(r.expand(B, -1, -1), rows) for r in rope)
             q, k = apply_rotary(q, *q_rope), apply_rotary(k, *rope)
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)
-            v = torch.cat([past[1], v], dim=2)
-        cache = (k, v)
+        if isinstance(past, KVBuffer):
+            k, v = past.append(k, v)
+            cache: KVCache = past
+        else:
+            if past is not None:
+                k = torch.cat([past[0], k], dim=2)
+                v = torch.cat([past[1], v], dim=2)
+            cache = (k, v)
         if self.kv_heads != self.n_heads:
             repeat = self.n_heads // self.kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)

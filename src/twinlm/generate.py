@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from .attention import KVBuffer
 from .errors import ConfigError
 from .model import LanguageModel
 from .tokenizer import Tokenizer
@@ -335,7 +336,10 @@ class Decoder:
         self.generator = None
         if config.do_sample and config.seed is not None:
             self.generator = torch.Generator(device=device).manual_seed(config.seed)
-        self.cache: list | None = None
+        c = model.config
+        dtype = next(model.parameters()).dtype
+        # Pre-allocated for the whole generation: each step writes its keys in place instead of torch.cat-copying.
+        self.cache: list = [KVBuffer(B, c.kv_heads, total, c.head_dim, dtype, device) for _ in range(c.n_layers)]
         self.next_logits: torch.Tensor | None = None
 
     @property

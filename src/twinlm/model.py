@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import KVCache, Rotary, SelfAttention, gather_rows, rotary_tables
+from .attention import KVCache, Rotary, SelfAttention, cache_length, gather_rows, rotary_tables
 from .config import ModelConfig
 
 ACTIVATION_FNS = {
@@ -113,7 +113,7 @@ class Transformer(nn.Module):
         """
         kind = attention or self.config.attention
         B, T = input_ids.shape
-        start = past[0][0].size(2) if past else 0
+        start = cache_length(past[0]) if past else 0
         if start + T > self.config.max_positions:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_positions={self.config.max_positions}")
         if position_ids is None:
