@@ -16,9 +16,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from twinlm.model import LanguageModel
 
 # ../shared/data beside the repository, or $TWINLM_SHARED_DATA (as the tests read it).
 SHARED_DATA = Path(os.environ.get("TWINLM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -117,3 +120,42 @@ def run_isolated(argv: list[str], timeout: float = 600) -> dict[str, Any]:
     if out.returncode != 0:
         raise RuntimeError(f"isolated run {' '.join(argv)} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def counted_params(model: LanguageModel) -> int:
+    """N for 6N: every parameter but the position and token-type tables (lookups, not matmuls); the tied token
+    embedding counts once, as the LM head's matmul."""
+    n = model.num_parameters()
+    for table in (model.backbone.pos_emb, model.backbone.type_emb):
+        if table is not None:
+            n -= table.weight.numel()
+    return n
+
+
+def flops_per_token(model: LanguageModel, seq_len: int) -> int:
+    """nanoGPT's training estimate: 6N for the matmuls' forward and backward, 12 L d T for attention."""
+    c = model.config
+    return 6 * counted_params(model) + 12 * c.n_layers * c.d_model * seq_len
+
+
+def head_params(model: LanguageModel) -> int:
+    """Parameters of the LM-head path (decoder matrix, bias, BERT's transform): used only where a loss is taken."""
+    return model.head.weight.numel() + sum(p.numel() for p in model.head.parameters())
+
+
+def hf_twin(model: LanguageModel, family: str) -> torch.nn.Module:
+    """The transformers model of ``family`` ('bert' with its MLM head, or 'gpt2') holding ``model``'s weights."""
+    from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
+
+    from twinlm.hf import export_hf_state, hf_config_from
+
+    cfg = {k: v for k, v in hf_config_from(model.config, family).items() if k not in ("model_type", "architectures")}
+    if family == "bert":
+        hf = BertForMaskedLM(BertConfig(**cfg))
+    else:
+        hf = GPT2LMHeadModel(GPT2Config(**cfg, bos_token_id=0, eos_token_id=0))
+    missing, unexpected = hf.load_state_dict(export_hf_state(model, family), strict=False)
+    # Tied decoder weights and GPT-2's causal-mask buffers are not in the exported state.
+    tied = ("lm_head.weight", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
+    assert not unexpected and all(k in tied or "attn.bias" in k for k in missing), (missing, unexpected)
+    return hf

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import emit, fp32_peak_gflops, peak_rss_mb, rate_summary, versions  # noqa: E402
+from common import counted_params, emit, fp32_peak_gflops, hf_twin, peak_rss_mb, rate_summary, versions  # noqa: E402
 
 from twinlm.config import ModelConfig  # noqa: E402
 from twinlm.generate import generate_ids  # noqa: E402
@@ -33,18 +33,6 @@ def twinlm_model(vocab: int, positions: int) -> LanguageModel:
     cfg = ModelConfig(vocab_size=vocab, n_layers=4, d_model=256, n_heads=4, d_ff=1024, max_positions=positions,
                       attention="causal", norm="pre", activation="gelu_tanh", tie_embeddings=True)
     return LanguageModel(cfg).eval()
-
-
-def hf_copy(model: LanguageModel):
-    """A transformers GPT2LMHeadModel holding the same weights, through twinlm.hf's exporter."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from twinlm.hf import export_hf_state, hf_config_from
-    cfg = {k: v for k, v in hf_config_from(model.config, "gpt2").items() if k not in ("model_type", "architectures")}
-    hf = GPT2LMHeadModel(GPT2Config(**cfg, bos_token_id=0, eos_token_id=0)).eval()
-    missing, unexpected = hf.load_state_dict(export_hf_state(model, "gpt2"), strict=False)
-    assert not unexpected and all(k == "lm_head.weight" or "attn.bias" in k for k in missing), (missing, unexpected)
-    return hf
 
 
 def time_twinlm(model: LanguageModel, prompts: torch.Tensor, new: int) -> tuple[float, list[list[int]]]:
@@ -73,7 +61,7 @@ def main() -> None:
 
     hf_logging.set_verbosity_error()
     model = twinlm_model(args.vocab, positions=1024)
-    hf = hf_copy(model)
+    hf = hf_twin(model, "gpt2").eval()
     record: dict[str, object] = {"case": "generate-greedy", "layers": 4, "d_model": 256, "heads": 4,
                                  "vocab": args.vocab, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens}
     identical = True
@@ -96,7 +84,7 @@ def main() -> None:
         theirs = batch * args.new_tokens / statistics.median(theirs_t)
         # Decoding FLOPs per new token: 2 per weight (vocabulary projection included) + attention over the cache.
         c = model.config
-        weights = model.num_parameters() - model.backbone.pos_emb.weight.numel()
+        weights = counted_params(model)
         mean_ctx = args.prompt_len + args.new_tokens / 2
         gflop_per_token = (2 * weights + 4 * c.n_layers * c.d_model * mean_ctx) / 1e9
         record[f"batch{batch}"] = {

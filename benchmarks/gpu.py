@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # common.py sits beside this script
-from common import emit, peak_rss_mb, versions  # noqa: E402
+from common import counted_params, emit, flops_per_token, head_params, peak_rss_mb, versions  # noqa: E402
 
 from twinlm.config import ModelConfig, preset  # noqa: E402
 from twinlm.model import LanguageModel  # noqa: E402
@@ -113,25 +113,6 @@ def make_case(name: str, args: argparse.Namespace) -> Case:
                  type_vocab_size=2, head_transform=True, layer_norm_eps=1e-12, dropout=0.0)
     # MLMMasker(fixed_count=True) masks round(p * L) tokens per row; every synthetic position is selectable.
     return Case(name, cfg, batch, seq, vocab, masked_per_row=max(1, round(MASK_PROB * seq)))
-
-
-def counted_params(model: LanguageModel) -> int:
-    """N for 6N: all parameters but the position and token-type tables (the tied token embedding counts once)."""
-    n = model.num_parameters()
-    for table in (model.backbone.pos_emb, model.backbone.type_emb):
-        if table is not None:
-            n -= table.weight.numel()
-    return n
-
-
-def head_params(model: LanguageModel) -> int:
-    """Parameters of the LM-head path (tied decoder, bias, BERT's transform): applied only where a loss is taken."""
-    return model.backbone.tok_emb.weight.numel() + sum(p.numel() for p in model.head.parameters())
-
-
-def flops_per_token(n_params: int, cfg: ModelConfig, seq_len: int) -> int:
-    """nanoGPT's estimate: 6N for the matmuls' forward + backward, 12 L H Q T for attention scores and values."""
-    return 6 * n_params + 12 * cfg.n_layers * cfg.n_heads * cfg.head_dim * seq_len
 
 
 def mlm_batch(case: Case, device: torch.device, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
@@ -267,7 +248,7 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device, deadlin
     tokens_per_step = case.batch_size * case.seq_len
     tokens_per_s = tokens_per_step * timed / elapsed
     n = counted_params(model)
-    fpt = flops_per_token(n, cfg, case.seq_len)
+    fpt = flops_per_token(model, case.seq_len)
     peak, peak_source = gpu_peak(device, args.peak_tflops)
     row: dict[str, Any] = {
         "case": case.name,

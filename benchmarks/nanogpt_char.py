@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import SHARED_DATA, emit, fp32_peak_gflops, peak_rss_mb, versions  # noqa: E402
+from common import SHARED_DATA, emit, flops_per_token, fp32_peak_gflops, peak_rss_mb, versions  # noqa: E402
 
 from twinlm.data.corpus import TokenShard, prepare_corpus  # noqa: E402
 from twinlm.objectives import clm_loss  # noqa: E402
@@ -91,8 +91,8 @@ def run_twinlm(text: Path, root: Path, args: argparse.Namespace) -> dict:
 
     model, _ = load_pretrained(result.checkpoint)
     losses = val_losses(model, np.asarray(TokenShard(data, "val").tokens), 65, 12, args.eval_iters)
-    params = sum(p.numel() for p in model.parameters())
-    flops = 6 * (params - model.backbone.pos_emb.weight.numel()) + 12 * 4 * 128 * 64
+    params = model.num_parameters()
+    flops = flops_per_token(model, 64)  # 64 targets per block, as nanoGPT counts its block of 64
     train_s = result.elapsed_s - (result.compile_s or 0.0)
     return {"val_loss_estimate": losses["val_loss_estimate"], "val_loss_full": losses["val_loss_full"],
             "iters": result.step, "train_s": round(train_s, 1),

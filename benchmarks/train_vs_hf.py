@@ -25,10 +25,20 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import alternate, emit, fp32_peak_gflops, peak_rss_mb, rate_summary, run_isolated, versions  # noqa: E402
+from common import (  # noqa: E402
+    alternate,
+    emit,
+    flops_per_token,
+    fp32_peak_gflops,
+    head_params,
+    hf_twin,
+    peak_rss_mb,
+    rate_summary,
+    run_isolated,
+    versions,
+)
 
 from twinlm.config import ModelConfig  # noqa: E402
-from twinlm.hf import export_hf_state, hf_config_from  # noqa: E402
 from twinlm.model import LanguageModel  # noqa: E402
 from twinlm.objectives import MLMMasker, clm_loss, mlm_loss  # noqa: E402
 from twinlm.train import TrainConfig, build_optimizer  # noqa: E402
@@ -49,22 +59,6 @@ def twinlm_model(case: str) -> LanguageModel:
     return LanguageModel(cfg)
 
 
-def hf_model(model: LanguageModel, case: str) -> torch.nn.Module:
-    """The transformers model of the same family holding the same weights."""
-    from transformers import BertConfig, BertForMaskedLM, GPT2Config, GPT2LMHeadModel
-
-    family = "bert" if case == "mlm" else "gpt2"
-    cfg = {k: v for k, v in hf_config_from(model.config, family).items() if k not in ("model_type", "architectures")}
-    if case == "mlm":
-        hf = BertForMaskedLM(BertConfig(**cfg))
-    else:
-        hf = GPT2LMHeadModel(GPT2Config(**cfg, bos_token_id=0, eos_token_id=0))
-    missing, unexpected = hf.load_state_dict(export_hf_state(model, family), strict=False)
-    tied = ("lm_head.weight", "cls.predictions.decoder.weight", "cls.predictions.decoder.bias")
-    assert not unexpected and all(k in tied or "attn.bias" in k for k in missing), (missing, unexpected)
-    return hf
-
-
 def batches(case: str, vocab: int, batch: int, seq_len: int) -> list[dict[str, torch.Tensor]]:
     """Random-token batches; MLM rows are [CLS] ... [SEP] with 15% of the inner positions masked."""
     gen = torch.Generator().manual_seed(1)
@@ -81,23 +75,12 @@ def batches(case: str, vocab: int, batch: int, seq_len: int) -> list[dict[str, t
     return out
 
 
-def flops_per_token(model: LanguageModel, seq_len: int) -> int:
-    """nanoGPT's 6N + 12 L d T, N without position/type embeddings (lookups, not matmuls)."""
-    c = model.config
-    n = model.num_parameters()
-    for emb in (model.backbone.pos_emb, model.backbone.type_emb):
-        if emb is not None:
-            n -= emb.weight.numel()
-    return 6 * n + 12 * c.n_layers * c.d_model * seq_len
-
-
 def executed_flops_per_token(model: LanguageModel, seq_len: int, side: str, masked_fraction: float) -> float:
     """The FLOPs a side really does: twinlm's MLM projects (head transform + vocabulary) only the masked rows."""
     dense = flops_per_token(model, seq_len)
     if side == "hf" or not model.config.attention == "bidirectional":
         return dense
-    head = model.head.weight.numel() + sum(p.numel() for p in model.head.parameters())
-    return dense - 6 * head * (1.0 - masked_fraction)
+    return dense - 6 * head_params(model) * (1.0 - masked_fraction)
 
 
 class Stepper:
@@ -106,7 +89,7 @@ class Stepper:
     def __init__(self, side: str, case: str, model: LanguageModel, data: list[dict[str, torch.Tensor]]) -> None:
         self.side, self.case, self.data, self.i = side, case, data, 0
         cfg = TrainConfig(lr=1e-4, weight_decay=0.01)
-        self.module = model if side == "twinlm" else hf_model(model, case)
+        self.module = model if side == "twinlm" else hf_twin(model, "bert" if case == "mlm" else "gpt2")
         self.module.train()
         self.optimizer = build_optimizer(self.module, cfg)
         if side == "hf":  # what the transformers Trainer builds on torch >= 2.8: fused AdamW, same hyper-parameters
