@@ -56,3 +56,19 @@ def peaked_model(vocab: int, kind: str = "causal", positions: int = 128, norm: s
             if p.dim() == 2:
                 p.mul_(4.0)
     return model
+
+
+def cached_logits(model, ids, prefix: int, past: list | None = None):
+    """Logits of ``ids`` decoded through the KV cache: a prefill of ``prefix`` tokens, then one token per step.
+
+    Returns (logits (B, T, vocab), the final cache) for comparison with one full forward pass.
+    """
+    import torch
+
+    with torch.no_grad():
+        hidden, cache = model.backbone(ids[:, :prefix], past=past)
+        steps = [model.head(hidden)]
+        for t in range(prefix, ids.size(1)):
+            hidden, cache = model.backbone(ids[:, t:t + 1], past=cache)
+            steps.append(model.head(hidden))
+    return torch.cat(steps, dim=1), cache

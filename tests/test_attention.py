@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import cached_logits
 from twinlm.attention import KVBuffer, build_mask, causal_mask, math_attention, sdpa_attention
 from twinlm.config import ModelConfig
 from twinlm.model import LanguageModel
@@ -103,12 +104,8 @@ def test_kv_cache_matches_full_forward():
     ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         full = model(ids)
-        h, cache = model.backbone(ids[:, :10])
-        steps = [model.head(h)]
-        for t in range(10, 16):
-            h, cache = model.backbone(ids[:, t:t + 1], past=cache)
-            steps.append(model.head(h))
-    assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
+    steps, _ = cached_logits(model, ids, 10)
+    assert (steps - full).abs().max() < 1e-5
 
 
 def test_preallocated_kv_buffer_equals_the_concatenating_cache():
@@ -118,13 +115,9 @@ def test_preallocated_kv_buffer_equals_the_concatenating_cache():
     ids = torch.randint(0, 50, (2, 16), generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         full = model(ids)
-        past = [KVBuffer(2, c.kv_heads, 16, c.head_dim, torch.float32, "cpu") for _ in range(c.n_layers)]
-        h, cache = model.backbone(ids[:, :10], past=past)
-        assert cache[0] is past[0] and past[0].length == 10
-        steps = [model.head(h)]
-        for t in range(10, 16):
-            h, cache = model.backbone(ids[:, t:t + 1], past=cache)
-            steps.append(model.head(h))
-        assert (torch.cat(steps, 1) - full).abs().max() < 1e-5
-        with pytest.raises(ValueError, match="holds 16 positions"):
-            model.backbone(ids[:, :1], past=cache)
+    past = [KVBuffer(2, c.kv_heads, 16, c.head_dim, torch.float32, "cpu") for _ in range(c.n_layers)]
+    steps, cache = cached_logits(model, ids, 10, past=past)
+    assert all(a is b for a, b in zip(cache, past, strict=True)) and past[0].length == 16
+    assert (steps - full).abs().max() < 1e-5
+    with torch.no_grad(), pytest.raises(ValueError, match="holds 16 positions"):
+        model.backbone(ids[:, :1], past=cache)
