@@ -78,7 +78,7 @@ def batches(case: str, vocab: int, batch: int, seq_len: int) -> list[dict[str, t
 def executed_flops_per_token(model: LanguageModel, seq_len: int, side: str, masked_fraction: float) -> float:
     """The FLOPs a side really does: twinlm's MLM projects (head transform + vocabulary) only the masked rows."""
     dense = flops_per_token(model, seq_len)
-    if side == "hf" or not model.config.attention == "bidirectional":
+    if side == "hf" or model.config.attention != "bidirectional":
         return dense
     return dense - 6 * head_params(model) * (1.0 - masked_fraction)
 
@@ -91,10 +91,9 @@ class Stepper:
         cfg = TrainConfig(lr=1e-4, weight_decay=0.01)
         self.module = model if side == "twinlm" else hf_twin(model, "bert" if case == "mlm" else "gpt2")
         self.module.train()
+        # Both sides get the trainer's fused AdamW with decay on matrices only: for the transformers model that is
+        # also what its own Trainer builds on torch >= 2.8, so the peer is not handicapped.
         self.optimizer = build_optimizer(self.module, cfg)
-        if side == "hf":  # what the transformers Trainer builds on torch >= 2.8: fused AdamW, same hyper-parameters
-            groups = [{"params": g["params"], "weight_decay": g["weight_decay"]} for g in self.optimizer.param_groups]
-            self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         if self.side == "hf":
