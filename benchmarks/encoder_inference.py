@@ -71,7 +71,7 @@ LABELS = ["0", "1"]
 
 def twinlm_side(folder: Path, seed: int) -> tuple[TaskModel, Tokenizer]:
     """The encoder in ``folder`` + a seeded classification head, with the task recorded as fine-tuning records it."""
-    lm, tokenizer, _ = load_init(folder, "classify")
+    lm, tokenizer, _, _ = load_init(folder, "classify")
     torch.manual_seed(seed)
     model = TaskModel(lm, "classify", len(LABELS))
     # classify() reads labels and max_seq_len from config.extra['task'], as for a fine-tuned model.

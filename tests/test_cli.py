@@ -113,11 +113,11 @@ def test_data_folder_that_is_not_prepared(capsys, tmp_path):
 def test_vocabulary_checkpoint_mismatch(capsys, tmp_path, trained):
     import shutil
 
-    from twinlm.pipelines import resolve_model_dir
+    from twinlm.loading import resolve
     from twinlm.tokenizer import train_tokenizer
 
     folder = tmp_path / "model"
-    shutil.copytree(resolve_model_dir(trained["mlm"]), folder)
+    shutil.copytree(resolve(trained["mlm"]), folder)
     (folder / "manifest.json").unlink()
     (folder / "trainer_state.json").unlink()
     (folder / "optimizer.safetensors").unlink()
@@ -142,8 +142,8 @@ def test_corrupted_checkpoint_falls_back_and_truncated_single_one_is_an_error(ca
 
 
 def test_each_paradigm_refuses_the_other_ones_job(capsys, trained):
-    one_line_error(capsys, ["fill-mask", "--model", str(trained["clm"]), "a [MASK] b"], "causal LM", "sample")
-    one_line_error(capsys, ["sample", "--model", str(trained["mlm"]), "--prompt", "A"], "masked LM", "fill-mask")
+    one_line_error(capsys, ["fill-mask", "--model", str(trained["clm"]), "a [MASK] b"], "a causal model", "sample")
+    one_line_error(capsys, ["sample", "--model", str(trained["mlm"]), "--prompt", "A"], "a masked model", "fill-mask")
 
 
 def test_fill_mask_without_mask_and_causal_prompt_too_long(capsys, trained):

@@ -15,7 +15,7 @@ import torch
 
 from twinlm.finetune import length_batches
 from twinlm.heads import TaskModel
-from twinlm.hf import load_hf
+from twinlm.loading import load_hf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 

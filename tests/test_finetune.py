@@ -15,8 +15,9 @@ from twinlm.cli import main
 from twinlm.config import ModelConfig
 from twinlm.data import tasks as T
 from twinlm.errors import ConfigError, DataError
-from twinlm.finetune import FinetuneOptions, answer, classify, finetune_run, load_task_model, tag
+from twinlm.finetune import FinetuneOptions, answer, classify, finetune_run, tag
 from twinlm.heads import TaskModel
+from twinlm.loading import load_task_model
 from twinlm.model import LanguageModel
 from twinlm.tokenizer import train_tokenizer
 from twinlm.train import TrainConfig

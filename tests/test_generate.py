@@ -384,7 +384,7 @@ def test_bad_inputs_are_clear_errors(char_tok):
         generate(causal, char_tok, "the quick brown fox " * 5, max_new_tokens=20)
     with pytest.raises(ConfigError, match=r"\[MASK\]"):
         fill_mask(masked, char_tok, "no blank here")
-    with pytest.raises(ConfigError, match="causal LM"):
+    with pytest.raises(ConfigError, match="a causal model"):
         mask_predict(causal, char_tok, "the")
     for name, value in [("max_new_tokens", 0), ("top_k", 0), ("repetition_penalty", 0.0), ("num_beams", 0),
                         ("truncate", "right")]:

@@ -11,7 +11,8 @@ import torch
 
 from helpers import cached_logits
 from twinlm.errors import CheckpointError, ConfigError
-from twinlm.hf import SUPPORTED_FAMILIES, export_hf, import_hf_state, load_hf, resolve_hf_path
+from twinlm.hf import SUPPORTED_FAMILIES, export_hf, import_hf_state
+from twinlm.loading import load_hf, resolve_hf_path
 from twinlm.model import LanguageModel
 from twinlm.pipelines import load_pretrained
 

@@ -122,9 +122,9 @@ def test_score_returns_per_token_logprobs_for_both_paradigms(tok):
     assert c.paradigm == "causal" and m.paradigm == "masked"
     assert len(c.logprobs) == len(m.logprobs) == len("the dog") and c.tokens[0] == "t"
     assert all(lp <= 0 for lp in c.logprobs + m.logprobs)
-    with pytest.raises(ConfigError, match="masked LM"):
+    with pytest.raises(ConfigError, match="a masked model"):
         score(masked, tok, "the dog", paradigm="causal")
-    with pytest.raises(ConfigError, match="causal LM"):
+    with pytest.raises(ConfigError, match="a causal model"):
         score(causal, tok, "the dog", paradigm="masked")
     # a long text for a masked model is scored in chunks that fit max_positions
     assert len(score(masked, tok, TEXT * 2).logprobs) == 2 * len(TEXT)

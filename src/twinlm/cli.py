@@ -226,7 +226,7 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
-    from .hf import convert_from_hf, convert_to_hf
+    from .loading import convert_from_hf, convert_to_hf
 
     if args.from_hf:
         path, info = convert_from_hf(args.from_hf, args.out)

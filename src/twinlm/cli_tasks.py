@@ -95,7 +95,8 @@ def cmd_finetune(args: argparse.Namespace, train_config) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from .finetune import _opts_for, build_data, load_task_model, score_task, task_info
+    from .finetune import _opts_for, build_data, score_task, task_info
+    from .loading import load_task_model
 
     model, tok = load_task_model(args.model, args.task)
     opts = _opts_for(model)
@@ -112,7 +113,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
-    from .finetune import classify, load_task_model
+    from .finetune import classify
+    from .loading import load_task_model
 
     model, tok = load_task_model(args.model, "classify")
     for text, pred in zip(args.texts, classify(model, tok, args.texts), strict=True):
@@ -120,7 +122,8 @@ def cmd_classify(args: argparse.Namespace) -> None:
 
 
 def cmd_answer(args: argparse.Namespace) -> None:
-    from .finetune import answer, load_task_model
+    from .finetune import answer
+    from .loading import load_task_model
 
     context = args.context
     if context.startswith("@"):
@@ -133,7 +136,8 @@ def cmd_answer(args: argparse.Namespace) -> None:
 
 
 def cmd_tag(args: argparse.Namespace) -> None:
-    from .finetune import load_task_model, tag
+    from .finetune import tag
+    from .loading import load_task_model
 
     model, tok = load_task_model(args.model, "ner")
     for text, found in zip(args.texts, tag(model, tok, args.texts), strict=True):

@@ -17,6 +17,13 @@ ATTENTION_IMPLS = ("sdpa", "math")
 NORM_TYPES = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rotary")
 MLP_KINDS = ("standard", "swiglu")
+# The words, once: an *objective* is what a model was trained on (mlm, clm or hybrid); the *mask* is how attention
+# sees the sequence (bidirectional or causal); the *paradigm* is what the model can do (masked: fill blanks;
+# causal: continue text). A hybrid model was trained both ways on the same weights, so it has both paradigms.
+OBJECTIVES = ("mlm", "clm", "hybrid")
+PARADIGMS = ("masked", "causal")
+PARADIGMS_OF = {"mlm": ("masked",), "clm": ("causal",), "hybrid": ("masked", "causal")}
+DEFAULT_OBJECTIVE = {"bidirectional": "mlm", "causal": "clm"}  # what a model without a recorded objective is
 
 
 @dataclass
@@ -24,7 +31,9 @@ class ModelConfig:
     """Everything that fixes the shape and behaviour of the backbone.
 
     The two paradigms share every field but ``attention``: ``bidirectional`` for a masked LM,
-    ``causal`` for a causal LM. Hybrid training flips it per step on the same weights.
+    ``causal`` for a causal LM. Hybrid training flips it per step on the same weights. ``objective`` records what
+    the weights were trained for (mlm, clm or hybrid; by default the one that matches ``attention``), and so which
+    paradigms the model serves: check it with :func:`require`, never by testing strings.
     """
 
     vocab_size: int = 8192
@@ -37,7 +46,8 @@ class ModelConfig:
     norm: str = "pre"  # "pre" (GPT-2) or "post" (BERT) layer-norm placement
     activation: str = "gelu"
     tie_embeddings: bool = True
-    attention: str = "bidirectional"
+    attention: str = "bidirectional"  # the default mask at inference
+    objective: str | None = None  # mlm | clm | hybrid; None: derived from ``attention`` (mlm or clm)
     layer_norm_eps: float = 1e-5
     bias: bool = True
     type_vocab_size: int = 0  # BERT's segment embeddings; 0 means none
@@ -55,6 +65,12 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. origin), kept in config.json
 
     def __post_init__(self) -> None:
+        if "objective" in self.extra:  # config.json files written before the typed field kept it among the notes
+            extra = dict(self.extra)
+            self.objective = self.objective or extra.pop("objective")
+            self.extra = extra
+        if self.objective is None:
+            self.objective = DEFAULT_OBJECTIVE.get(self.attention)
         self.validate()
 
     def validate(self) -> None:
@@ -77,6 +93,11 @@ class ModelConfig:
             if getattr(self, name) not in allowed:
                 value = getattr(self, name)
                 raise ConfigError(f"config field '{name}' is {value!r}; choose one of {', '.join(allowed)}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"config field 'objective' is {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+        if self.objective != "hybrid" and DEFAULT_OBJECTIVE[self.attention] != self.objective:
+            raise ConfigError(f"config fields disagree: objective={self.objective!r} needs attention="
+                              f"{'bidirectional' if self.objective == 'mlm' else 'causal'!r}, got {self.attention!r}")
         if self.n_kv_heads < 0 or self.n_heads % self.kv_heads:
             raise ConfigError(f"n_kv_heads={self.n_kv_heads} must divide n_heads={self.n_heads} (0 means n_heads)")
         if self.position_offset < 0:
@@ -95,8 +116,15 @@ class ModelConfig:
         """Number of key/value heads (grouped-query attention shares each among n_heads // kv_heads queries)."""
         return self.n_kv_heads or self.n_heads
 
+    @property
+    def paradigms(self) -> tuple[str, ...]:
+        """What the model can do: ('masked',), ('causal',) or both for a hybrid."""
+        return PARADIGMS_OF[self.objective]  # type: ignore[index]
+
     def replace(self, **changes: Any) -> ModelConfig:
-        """A copy with some fields changed (validated again)."""
+        """A copy with some fields changed (validated again); a new mask re-derives a non-hybrid objective."""
+        if "attention" in changes and "objective" not in changes and self.objective != "hybrid":
+            changes["objective"] = None
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +162,22 @@ class ModelConfig:
                 f"{path}: model_type {data.get('model_type')!r} is not a twinlm config"
             )
         return cls.from_dict(data, source=str(path))
+
+
+def require(model_or_config: Any, paradigm: str, action: str, instead: str = "") -> None:
+    """Raise ConfigError unless the model serves ``paradigm`` ('masked' or 'causal'): the one paradigm check.
+
+    ``action`` names what was asked ("fill-mask"); ``instead`` says what to do with this model.
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    if paradigm not in PARADIGMS:
+        raise ConfigError(f"paradigm must be one of {', '.join(PARADIGMS)}, got {paradigm!r}")
+    if paradigm in config.paradigms:
+        return
+    need = "mlm or hybrid" if paradigm == "masked" else "clm or hybrid"
+    have = config.paradigms[0]
+    raise ConfigError(f"{action} needs a {paradigm} model (objective {need}); this one is a {have} model "
+                      f"(objective {config.objective}){'; ' + instead if instead else ''}")
 
 
 # Sizes follow the well-known models: base is BERT-base / GPT-2-124M.

@@ -20,15 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import checkpoint as ckpt
-from .config import ModelConfig
 from .data import tasks as T
-from .errors import CheckpointError, ConfigError, DataError
+from .errors import ConfigError, DataError
 from .evaluate import classification_metrics, entities, entity_metrics, squad_metrics
 from .heads import TASKS, TaskLoss, TaskModel
+from .loading import Loaded, load
 from .model import LanguageModel
-from .pipelines import check_vocab, load_pretrained, resolve_model_dir
-from .tokenizer import Tokenizer, load_tokenizer
+from .tokenizer import Tokenizer
 from .train import TrainConfig, Trainer, TrainResult
 
 BEST_METRIC = {"classify": "accuracy", "qa": "f1", "ner": "f1"}
@@ -206,40 +204,20 @@ class FinetuneTask:
 
 
 # -- loading --------------------------------------------------------------------------------------------------
-def load_task_model(path: str | Path, task: str | None = None, device: str = "cpu") -> tuple[TaskModel, Tokenizer]:
-    """A fine-tuned model and its tokenizer; ``task`` given: the model must have been trained for it."""
-    folder = resolve_model_dir(path)
-    config = ModelConfig.load(folder)
-    info = config.extra.get("task")
-    if info is None:
-        raise CheckpointError(f"{folder}: a pretrained language model without a task head; fine-tune it first "
-                              f"(`twinlm finetune --init {path} ...`)")
-    if task and info["task"] != task:
-        raise ConfigError(f"{folder}: this model was fine-tuned for --task {info['task']}, not --task {task}")
-    tokenizer = load_tokenizer(folder)
-    check_vocab(tokenizer, config.vocab_size, folder)
-    model = TaskModel(LanguageModel(config), info["task"], len(info["labels"]), info.get("problem", "single_label"))
-    try:
-        model.load_state_dict(ckpt.load_model_state(folder))
-    except RuntimeError as exc:
-        raise CheckpointError(f"{folder}: weights do not fit config.json ({str(exc).splitlines()[0]})") from None
-    return model.to(device).eval(), tokenizer
-
-
-def load_init(path: str | Path, task: str) -> tuple[LanguageModel, Tokenizer, dict | None]:
+def load_init(path: str | Path, task: str) -> tuple[LanguageModel, Tokenizer, dict | None, Loaded]:
     """The backbone to start from: a twinlm model/run folder, a fine-tuned model of the same task, or a Hugging
-    Face folder. Returns (language model, tokenizer, previous task info or None)."""
-    folder = resolve_model_dir(path)
-    try:
-        data = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        data = {}
-    previous = (data.get("extra") or {}).get("task") if data.get("model_type") == "twinlm" else None
+    Face folder. Returns (language model, tokenizer, previous task info with its state or None, the Loaded)."""
+    loaded = load(path)
+    previous = loaded.info["task"]
     if previous:
-        model, tokenizer = load_task_model(folder, task)
-        return model.lm, tokenizer, {**previous, "state": model.state_dict()}
-    lm, tokenizer = load_pretrained(folder)
-    return lm, tokenizer, None
+        _check_task_matches(previous, task, loaded.info["folder"])
+        previous = {**previous, "state": loaded.model.state_dict()}
+    return loaded.lm, loaded.tokenizer, previous, loaded  # type: ignore[return-value]
+
+
+def _check_task_matches(previous: dict, task: str, folder: str) -> None:
+    if previous["task"] != task:
+        raise ConfigError(f"{folder}: this model was fine-tuned for --task {previous['task']}, not --task {task}")
 
 
 def set_dropout(lm: LanguageModel, p: float) -> None:
@@ -261,7 +239,15 @@ def finetune_run(init: str | Path, train_file: str | Path, eval_file: str | Path
     """Fine-tune ``init`` on ``train_file``, evaluating on ``eval_file`` each epoch and keeping out/best."""
     if opts.task not in TASKS:
         raise ConfigError(f"unknown task {opts.task!r}; choose one of {', '.join(TASKS)}")
-    lm, tokenizer, previous = load_init(init, opts.task)
+    lm, tokenizer, previous, loaded = load_init(init, opts.task)
+    for note in loaded.info["notes"]:
+        print(f"note: {init}: {note}")
+    if loaded.info.get("extra_tensors"):
+        # A Hugging Face task head (e.g. BERT's pooler + classifier) computes from other features than twinlm's
+        # head, so its weights are not copied in: the head starts fresh, as the note says.
+        heads = ", ".join(sorted(loaded.info["extra_tensors"]))
+        print(f"note: {init}: the checkpoint's own task-head tensors ({heads}) are not used; twinlm's task head "
+              "starts from random weights")
     if opts.max_seq_len > lm.config.max_positions:
         raise ConfigError(f"--max-seq-len {opts.max_seq_len} is above the model's max_positions="
                           f"{lm.config.max_positions}")

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .attention import KVBuffer
+from .config import require
 from .errors import ConfigError
 from .model import LanguageModel
 from .tokenizer import Tokenizer
@@ -224,10 +225,8 @@ def _device(model: LanguageModel) -> torch.device:
 
 def check_causal(model: LanguageModel) -> None:
     """Raise ConfigError unless the model can decode left to right (causal or hybrid)."""
-    hybrid = model.config.extra.get("objective") == "hybrid"
-    if model.config.attention == "bidirectional" and not hybrid:
-        raise ConfigError("this is a masked LM, which cannot decode left to right; generate with mask-predict "
-                          "(`twinlm generate --mask-predict`, generate.mask_predict) or use `twinlm fill-mask`")
+    require(model, "causal", "left-to-right decoding", "generate with mask-predict (`twinlm generate "
+            "--mask-predict`, generate.mask_predict) or use `twinlm fill-mask`")
 
 
 def fit_prompts(prompts: list[list[int]], max_new_tokens: int, max_positions: int, truncate: str) -> list[list[int]]:
@@ -687,10 +686,7 @@ def mask_predict(model: LanguageModel, tokenizer: Tokenizer, prompt: str, max_ne
     its probability; at iteration t of T re-mask the N * (T - t) / T least confident positions and predict them
     again given the rest. Special tokens are never predicted.
     """
-    hybrid = model.config.extra.get("objective") == "hybrid"
-    if model.config.attention == "causal" and not hybrid:
-        raise ConfigError("mask-predict needs a masked (bidirectional) or hybrid model; this one is a causal LM "
-                          "(use `twinlm generate` without --mask-predict)")
+    require(model, "masked", "mask-predict", "use `twinlm generate` without --mask-predict")
     if max_new_tokens < 1 or steps < 1:
         raise ConfigError(f"mask-predict needs max_new_tokens >= 1 and steps >= 1, got {max_new_tokens}, {steps}")
     ids, blanks = _mlm_frame(tokenizer, prompt, max_new_tokens)

@@ -25,7 +25,6 @@ from .errors import CheckpointError, ConfigError
 from .model import LanguageModel
 
 SUPPORTED_FAMILIES = ("bert", "roberta", "distilbert", "gpt2", "llama")
-HF_PREFIX = "hf:"
 
 # Hugging Face activation names -> twinlm's; "gelu" is the exact erf form in both.
 _ACT_IN = {
@@ -451,48 +450,6 @@ def import_hf_state(folder: str | Path) -> tuple[ModelConfig, dict[str, torch.Te
     return config, state, info
 
 
-def load_hf(folder: str | Path, device: str = "cpu") -> tuple[LanguageModel, dict[str, Any]]:
-    """(twinlm model in eval mode, info) from a Hugging Face model folder or ``hf:ORG/NAME`` in the local cache."""
-    folder = resolve_hf_path(folder)
-    config, state, info = import_hf_state(folder)
-    model = LanguageModel(config)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:  # a name map bug rather than a user error, but still report it in one line
-        raise CheckpointError(f"{folder}: weights do not fit ({str(exc).splitlines()[0]})") from None
-    return model.to(device).eval(), info
-
-
-# --------------------------------------------------------------------------- hf:ORG/NAME
-
-
-def resolve_hf_path(ref: str | Path, cache_dir: str | Path | None = None) -> Path:
-    """``ref`` itself, or for ``hf:ORG/NAME`` its snapshot in the local Hugging Face cache (never the network)."""
-    text = str(ref)
-    if not text.startswith(HF_PREFIX):
-        return Path(ref)
-    repo_id = text[len(HF_PREFIX):].strip("/")
-    if not repo_id:
-        raise CheckpointError(f"{text}: say which model, e.g. hf:bert-base-uncased or hf:ORG/NAME")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:
-        raise CheckpointError(
-            f"{text}: huggingface_hub is not installed, so the Hugging Face cache cannot be read; "
-            "pass the model's folder instead (config.json + model.safetensors)"
-        ) from None
-    try:
-        # local_files_only: never touch the network; models must already be downloaded.
-        path = snapshot_download(repo_id, local_files_only=True, cache_dir=cache_dir)
-    except Exception as exc:  # LocalEntryNotFoundError, invalid repo ids, unreadable cache
-        kind = type(exc).__name__
-        raise CheckpointError(
-            f"{text}: not in the local Hugging Face cache ({kind}) and twinlm does not download; fetch it where "
-            f"there is network (`huggingface-cli download {repo_id}`) or pass its folder instead"
-        ) from None
-    return Path(path)
-
-
 # --------------------------------------------------------------------------- export
 
 
@@ -627,37 +584,3 @@ def family_of(config: ModelConfig) -> str | None:
     """The Hugging Face family a twinlm config was imported from, if any."""
     hf = config.extra.get("hf") if isinstance(config.extra, dict) else None
     return hf.get("model_type") if isinstance(hf, dict) else None
-
-
-# --------------------------------------------------------------------------- conversions (the CLI's `convert`)
-
-
-def convert_from_hf(src: str | Path, out: str | Path) -> tuple[Path, dict[str, Any]]:
-    """Write a twinlm model folder (weights, config, tokenizer, manifest) from a Hugging Face folder or hf:ORG/NAME."""
-    from .checkpoint import save_model
-    from .pipelines import check_vocab
-    from .tokenizer import load_tokenizer
-
-    folder = resolve_hf_path(src)
-    model, info = load_hf(folder)
-    tokenizer = None
-    try:
-        tokenizer = load_tokenizer(folder)
-    except CheckpointError as exc:
-        info["notes"].append(f"no usable tokenizer copied ({exc}); add tokenizer files before using the model")
-    if tokenizer is not None:
-        check_vocab(tokenizer, model.config.vocab_size, folder)
-    path = save_model(out, model_state=model.state_dict(), config=model.config, tokenizer=tokenizer)
-    return path, info
-
-
-def convert_to_hf(src: str | Path, out: str | Path, family: str | None = None) -> tuple[Path, str]:
-    """Write a Hugging Face folder from a twinlm model/checkpoint/run folder (family defaults to the imported one)."""
-    from .pipelines import load_pretrained
-
-    model, tokenizer = load_pretrained(src)
-    family = family or family_of(model.config)
-    if family is None:
-        raise ConfigError(f"{src}: say which Hugging Face family to write with --family "
-                          f"({', '.join(SUPPORTED_FAMILIES)})")
-    return export_hf(model, tokenizer, out, family), family

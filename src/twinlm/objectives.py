@@ -19,10 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .config import OBJECTIVES
 from .errors import ConfigError
 
 IGNORE_INDEX = -100
-OBJECTIVES = ("mlm", "clm", "hybrid")
 ATTENTION_FOR = {"mlm": "bidirectional", "clm": "causal"}
 
 

@@ -1,77 +1,19 @@
-"""Inference API: load a trained model folder, fill masks (MLM), sample continuations (CLM)."""
+"""Inference API: fill masks (masked models), sample continuations (causal models); load_pretrained from loading."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from . import checkpoint as ckpt
-from .config import ModelConfig
-from .errors import CheckpointError, ConfigError
+from .config import require
+from .errors import ConfigError
+from .loading import load_pretrained
 from .model import LanguageModel
-from .tokenizer import Tokenizer, load_tokenizer
+from .tokenizer import Tokenizer
 
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """A model folder itself, a run's best/ (fine-tuning), its newest valid checkpoint, or hf:ORG/NAME."""
-    from .hf import resolve_hf_path
-
-    path = resolve_hf_path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such model folder; pass the --out folder of a training run")
-    if (path / "config.json").is_file():
-        return path
-    if (path / "best" / "config.json").is_file():
-        return path / "best"
-    latest = ckpt.latest_checkpoint(path)
-    if latest is None:
-        raise CheckpointError(f"{path}: no config.json, no best/ and no complete checkpoint-* folder inside")
-    return latest
-
-
-def load_pretrained(path: str | Path, device: str = "cpu") -> tuple[LanguageModel, Tokenizer]:
-    """(model in eval mode, tokenizer) from a model/checkpoint/run folder, with vocabulary checks."""
-    folder = resolve_model_dir(path)
-    from .hf import is_hf_folder
-
-    if is_hf_folder(folder):
-        return _load_hf_pretrained(folder, device)
-    config = ModelConfig.load(folder)
-    tokenizer = load_tokenizer(folder)
-    check_vocab(tokenizer, config.vocab_size, folder)
-    model = LanguageModel(config)
-    state = ckpt.load_model_state(folder)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{folder}: weights do not fit config.json ({str(exc).splitlines()[0]})") from None
-    return model.to(device).eval(), tokenizer
-
-
-def check_vocab(tokenizer: Tokenizer, vocab_size: int, folder: str | Path) -> None:
-    """Refuse a tokenizer whose ids do not match the embedding rows (twinlm's own appended [MASK] excepted)."""
-    n = tokenizer.vocab_size
-    # Loading GPT-2-style files appends one [MASK] after the vocabulary so masked training works; a causal
-    # model never produces it, so one surplus id that is exactly that mask is fine.
-    if n == vocab_size or (n == vocab_size + 1 and tokenizer.mask_id == vocab_size):
-        return
-    raise CheckpointError(
-        f"{folder}: tokenizer has {n} tokens but the model's vocab_size (embedding rows) is {vocab_size}; "
-        "the tokenizer files do not belong to this checkpoint"
-    )
-
-
-def _load_hf_pretrained(folder: Path, device: str) -> tuple[LanguageModel, Tokenizer]:
-    """A Hugging Face model folder: imported weights and the folder's own tokenizer."""
-    from .hf import load_hf
-
-    tokenizer = load_tokenizer(folder)
-    model, _ = load_hf(folder, device=device)
-    check_vocab(tokenizer, model.config.vocab_size, folder)
-    return model, tokenizer
+__all__ = ["load_pretrained", "fill_mask", "fill_mask_joint", "sample", "MaskPrediction", "JointFill", "describe"]
 
 
 @dataclass
@@ -94,10 +36,7 @@ def _nth_mask(ids: list[int], pos: int, dropped: set[int]) -> int:
 
 def _mask_positions(model: LanguageModel, tokenizer: Tokenizer, text: str) -> tuple[list[int], list[int]]:
     """The framed ids of ``text`` and the positions of its [MASK] tokens, after the fill-mask input checks."""
-    trained_as = model.config.extra.get("objective")
-    if model.config.attention == "causal" and trained_as != "hybrid":
-        raise ConfigError("fill-mask needs a masked (bidirectional) or hybrid model; this one is a causal LM "
-                          "(use `twinlm sample` or `twinlm generate` with it)")
+    require(model, "masked", "fill-mask", "use `twinlm sample` or `twinlm generate` with it")
     mask_token = tokenizer.id_to_token(tokenizer.mask_id)
     if mask_token not in text:
         raise ConfigError(f"the text has no {mask_token} token to fill: {text!r}")
@@ -148,9 +87,8 @@ def sample(model: LanguageModel, tokenizer: Tokenizer, prompt: str, max_new_toke
     """
     from .generate import generate
 
-    if model.config.attention == "bidirectional" and model.config.extra.get("objective") != "hybrid":
-        raise ConfigError("sample needs a causal or hybrid model; this one is a masked LM (use `twinlm fill-mask`, "
-                          "or mask-predict generation: `twinlm generate --mask-predict`)")
+    require(model, "causal", "sample", "use `twinlm fill-mask`, or mask-predict generation: "
+            "`twinlm generate --mask-predict`")
     out = generate(model, tokenizer, prompt, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                    seed=seed, stop_at_eos=stop_at_eos)
     return out.text  # type: ignore[union-attr]

@@ -28,7 +28,7 @@ def pretrain_run(data_dir: str | Path, out_dir: str | Path, preset_name: str, op
         vocab_size=tokenizer.vocab_size,
         attention=attention_for(opts.objective),
         pad_token_id=tokenizer.pad_id,
-        extra={"objective": opts.objective},  # inference checks what a checkpoint was trained for
+        objective=opts.objective,  # inference checks what a checkpoint was trained for (config.require)
         **(model_overrides or {}),
     )
     task = PretrainTask(data_dir, tokenizer, opts, config.max_positions, train_cfg.batch_size,

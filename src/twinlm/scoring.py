@@ -18,11 +18,10 @@ from typing import Any
 
 import torch
 
+from .config import require
 from .errors import ConfigError
 from .model import LanguageModel
 from .tokenizer import Tokenizer
-
-PARADIGMS = ("causal", "masked")
 
 
 @dataclass
@@ -65,25 +64,17 @@ def _device(model: LanguageModel) -> torch.device:
     return next(model.parameters()).device
 
 
-def _is_hybrid(model: LanguageModel) -> bool:
-    return model.config.extra.get("objective") == "hybrid"
-
-
 def default_paradigm(model: LanguageModel) -> str:
-    """'causal' for a causal model, 'masked' for a bidirectional one (a hybrid does both; its config decides)."""
+    """The paradigm of the model's default mask: 'causal' for causal attention, else 'masked' (a hybrid does both)."""
     return "causal" if model.config.attention == "causal" else "masked"
 
 
 def _check_paradigm(model: LanguageModel, paradigm: str) -> None:
-    if paradigm not in PARADIGMS:
-        raise ConfigError(f"paradigm must be one of {', '.join(PARADIGMS)}, got {paradigm!r}")
-    if _is_hybrid(model) or paradigm == default_paradigm(model):
-        return
     if paradigm == "causal":
-        raise ConfigError("causal scoring (perplexity) needs a causal or hybrid model; this one is a masked LM: "
-                          "score it with the pseudo-log-likelihood (paradigm='masked')")
-    raise ConfigError("pseudo-log-likelihood needs a masked or hybrid model; this one is a causal LM: score it with "
-                      "perplexity (paradigm='causal')")
+        require(model, "causal", "causal scoring (perplexity)", "score it with the pseudo-log-likelihood "
+                "(paradigm='masked')")
+    else:
+        require(model, paradigm, "pseudo-log-likelihood", "score it with perplexity (paradigm='causal')")
 
 
 def _windowing(model: LanguageModel, window: int | None, stride: int | None) -> tuple[int, int]:

@@ -30,7 +30,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .errors import ConfigError, TrainingDiverged
+from .loading import fit_weights, training_state
 
 
 @dataclass
@@ -242,16 +243,11 @@ class Trainer:
         """``auto``: the newest valid checkpoint in the run folder, if any; else a checkpoint folder path."""
         if not source:
             return
-        folder = ckpt.latest_checkpoint(self.run_dir) if source == "auto" else Path(source)
-        if folder is None:
+        found = training_state(source, self.run_dir)
+        if found is None:
             return
-        ckpt.verify_checkpoint(folder)
-        state = ckpt.load_model_state(folder, verify=False)
-        try:
-            self.model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise CheckpointError(f"{folder}: weights do not fit this model ({str(exc).splitlines()[0]})") from None
-        trainer_state, optim_state, _ = ckpt.load_training_state(folder, verify=False)
+        folder, state, trainer_state, optim_state = found
+        fit_weights(self.model, state, folder)
         if optim_state is not None:
             self.optimizer.load_state_dict(optim_state)
         self.step = int(trainer_state["step"])
