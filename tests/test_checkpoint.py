@@ -23,22 +23,21 @@ from torch import nn
 
 from twinlm import checkpoint as ckpt
 from twinlm.checkpoint import (
-    checkpoint_dir,
-    latest_checkpoint,
-    list_checkpoints,
     load_model_state,
     load_training_state,
-    optimizer_state_from_safetensors,
-    optimizer_state_to_safetensors,
-    prune_checkpoints,
-    restore_rng_state,
-    rng_state_to_json,
     save_checkpoint,
     save_model,
     verify_checkpoint,
 )
 from twinlm.config import ModelConfig
 from twinlm.errors import CheckpointError
+from twinlm.runfolder import checkpoint_dir, latest_checkpoint, list_checkpoints, prune_checkpoints
+from twinlm.trainstate import (
+    optimizer_state_from_safetensors,
+    optimizer_state_to_safetensors,
+    restore_rng_state,
+    rng_state_to_json,
+)
 
 
 class DummyTokenizer:

@@ -11,7 +11,8 @@ import torch
 
 from helpers import cached_logits
 from twinlm.errors import CheckpointError, ConfigError
-from twinlm.hf import SUPPORTED_FAMILIES, export_hf, import_hf_state
+from twinlm.hf import SUPPORTED_FAMILIES, config_from_hf, export_hf, import_hf_state
+from twinlm.hf.names import entries, table
 from twinlm.loading import load_hf, resolve_hf_path
 from twinlm.model import LanguageModel
 from twinlm.pipelines import load_pretrained
@@ -19,10 +20,8 @@ from twinlm.pipelines import load_pretrained
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()
 
-TOL = 1e-4
+TOL = 1e-4  # every parity check: max abs difference of logits (or hidden states) against transformers
 VOCAB = 101
-# Measured max abs logit differences, printed at the end of the module (pytest -s) for the closing note.
-MEASURED: dict[str, float] = {}
 
 
 def _tiny_hf(family: str, **overrides):
@@ -101,7 +100,6 @@ def test_parity_logits(hf_folders, family):
     with torch.no_grad():
         ours = twin(ids, mask)
     diff = _diff(ours, _hf_logits(hf_model, ids, mask), mask)
-    MEASURED[family] = diff
     assert diff < TOL, f"{family}: max abs logit diff {diff}"
 
 
@@ -116,12 +114,46 @@ def test_export_round_trip(hf_folders, family, tmp_path):
     reloaded = auto.from_pretrained(out).eval()
     ids, mask = _batch(family)
     diff = _diff(_hf_logits(reloaded, ids, mask), _hf_logits(hf_model, ids, mask), mask)
-    MEASURED[f"{family} (export)"] = diff
     assert diff < TOL
     # and back again: the exported folder imports to the same twinlm tensors
     again, _ = load_hf(out)
     for name, tensor in twin.state_dict().items():
         assert torch.equal(tensor, again.state_dict()[name]), name
+
+
+# Tiny Hugging Face configs (as config.json dicts) of each family, for checks that need no transformers model.
+_TINY_CONFIGS = {
+    "bert": dict(vocab_size=11, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
+                 max_position_embeddings=20),
+    "roberta": dict(vocab_size=11, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
+                    max_position_embeddings=20, pad_token_id=1, type_vocab_size=1),
+    "distilbert": dict(vocab_size=11, dim=8, n_layers=2, n_heads=2, hidden_dim=16, max_position_embeddings=20),
+    "gpt2": dict(vocab_size=11, n_embd=8, n_layer=2, n_head=2, n_positions=20),
+    "llama": dict(vocab_size=11, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                  intermediate_size=12, max_position_embeddings=20),
+}
+# (family, has an LM head, tied decoder, config overrides): every layout an import can produce.
+_LAYOUTS = [(f, True, tied, {}) for f in SUPPORTED_FAMILIES for tied in (True, False)]
+_LAYOUTS += [(f, False, True, {}) for f in ("bert", "roberta", "distilbert")]
+_LAYOUTS += [("bert", True, True, {"type_vocab_size": 0}), ("llama", True, False, {"attention_bias": True,
+                                                                                    "mlp_bias": True})]
+
+
+@pytest.mark.parametrize("family, has_head, tied, overrides", _LAYOUTS)
+def test_name_table_maps_every_tensor_exactly_once(family, has_head, tied, overrides):
+    c = {"model_type": family, **_TINY_CONFIGS[family], **overrides}
+    config = config_from_hf(c, has_head=has_head, tied=tied)
+    with torch.device("meta"):
+        names = list(LanguageModel(config).state_dict())
+    rows = entries(family, config, table(family).prefix, has_head)
+    twin = [row.twin for row in rows]
+    assert len(twin) == len(set(twin)), f"a twinlm tensor is mapped twice: {sorted(twin)}"
+    # without an MLM head in the file, only the head bias is left out: import fills it with zeros
+    unmapped = {"head.bias"} if not has_head and family not in ("gpt2", "llama") else set()
+    assert set(twin) == set(names) - unmapped
+    hf = [name for row in rows for name in row.hf]
+    assert len(hf) == len(set(hf)), "a Hugging Face tensor feeds two twinlm tensors"
+    assert all(row.op in ("copy", "cat", "t") and len(row.hf) == (3 if row.op == "cat" else 1) for row in rows)
 
 
 def test_bert_without_prefix_and_without_head(tmp_path):
@@ -134,6 +166,23 @@ def test_bert_without_prefix_and_without_head(tmp_path):
     assert info["lm_head"] == "missing" and info["prefix"] == ""
     assert set(info["extra_tensors"]) == {"pooler.dense.weight", "pooler.dense.bias"}
     assert any("no MLM head" in n for n in info["notes"])
+    ids, mask = _batch("bert")
+    with torch.no_grad():
+        ours = twin.hidden(ids, mask)
+        theirs = bare(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert _diff(ours, theirs, mask) < TOL
+
+
+def test_bare_bert_saved_untied_imports(tmp_path):
+    # Regression: without an MLM head there is no decoder to untie, so tie_word_embeddings=False must not
+    # make the import expect 'head.decoder.weight'.
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=64, tie_word_embeddings=False)
+    bare = transformers.BertModel(cfg).eval()
+    bare.save_pretrained(tmp_path)
+    twin, info = load_hf(tmp_path)
+    assert info["lm_head"] == "missing" and info["tied"]
     ids, mask = _batch("bert")
     with torch.no_grad():
         ours = twin.hidden(ids, mask)
@@ -206,7 +255,6 @@ def test_minilm_matches_transformers_and_ranks_paraphrase(shared_data):
         theirs = bert(input_ids=ids, attention_mask=mask).last_hidden_state
         diff = _diff(ours, theirs, mask)
         emb = torch.nn.functional.normalize(model.encode(ids, mask, pooling="mean"), dim=-1)
-    MEASURED["all-MiniLM-L6-v2 (hidden)"] = diff
     assert diff < TOL
     sim = emb @ emb.T
     assert sim[0, 1] > sim[0, 2] + 0.3, sim
@@ -389,7 +437,6 @@ def test_native_twinlm_model_exports(family, tmp_path):
     ids, mask = _batch(family)
     with torch.no_grad():
         diff = _diff(model(ids, mask), _hf_logits(hf_model, ids, mask), mask)
-    MEASURED[f"twinlm-native -> {family}"] = diff
     assert diff < TOL
 
 
@@ -399,9 +446,3 @@ def test_sentencepiece_only_tokenizer_is_a_clear_error(tmp_path):
     (tmp_path / "tokenizer.model").write_bytes(b"\x00")
     with pytest.raises(CheckpointError, match="SentencePiece tokenizer.model.*tokenizer.json"):
         load_tokenizer(tmp_path)
-
-
-def test_print_measured_differences():
-    """Runs last in this module: prints every measured max abs difference (see with pytest -s)."""
-    for name, diff in MEASURED.items():
-        print(f"\nmax abs diff {name}: {diff:.3e}")

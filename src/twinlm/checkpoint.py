@@ -1,4 +1,8 @@
-"""Crash-safe checkpoints: safetensors and JSON only, written aside, renamed into place, with a manifest."""
+"""Crash-safe checkpoints: safetensors and JSON only, written aside, renamed into place, with a manifest.
+
+This module writes, verifies and loads one checkpoint or model folder. A run's folder of checkpoint-<step>
+checkpoints is :mod:`twinlm.runfolder`; the optimizer and RNG state codecs are :mod:`twinlm.trainstate`.
+"""
 
 from __future__ import annotations
 
@@ -6,31 +10,33 @@ import errno
 import hashlib
 import json
 import os
-import random
 import re
 import shutil
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from .config import ModelConfig
 from .errors import CheckpointError
+from .tensorfiles import read_safetensors
+from .trainstate import (
+    OPTIMIZER_FILE,
+    TRAINER_STATE_FILE,
+    optimizer_state_from_safetensors,
+    optimizer_state_to_safetensors,
+)
 
 MANIFEST = "manifest.json"
 MODEL_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
-TRAINER_STATE_FILE = "trainer_state.json"
-OPTIMIZER_FILE = "optimizer.safetensors"
 FORMAT = "twinlm-checkpoint"
 VERSION = 1
 TRAINER_STATE_FORMAT = "twinlm-trainer-state"
 
-_CHECKPOINT_RE = re.compile(r"checkpoint-(\d+)")
 # Siblings left behind by a save or prune that was killed: ".<name>.tmp-<pid>" / ".<name>.old-<pid>".
 _SCRATCH_RE = re.compile(r"\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)")
 _CHUNK = 1 << 20
@@ -97,7 +103,12 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _remove_stale_scratch(parent: Path, name: str | None = None) -> None:
+def scratch_path(folder: Path, kind: str) -> Path:
+    """This process's hidden "tmp" (being written) or "old" (being replaced or deleted) sibling of ``folder``."""
+    return folder.parent / f".{folder.name}.{kind}-{os.getpid()}"
+
+
+def remove_stale_scratch(parent: Path, name: str | None = None) -> None:
     """Delete temp/old folders of saves whose process died (SIGKILL, power loss) so they do not fill disks."""
     if not parent.is_dir():
         return
@@ -165,90 +176,6 @@ def _prepare_tensors(state: Mapping[str, Any], what: str) -> dict[str, torch.Ten
     return out
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """Load a safetensors file; any failure (also a pickle renamed .safetensors) is a CheckpointError."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: file is missing")
-    try:
-        return load_file(str(path), device="cpu")
-    except Exception as exc:  # safetensors raises its own Rust-side error types; all mean an unreadable file
-        raise CheckpointError(
-            f"{path}: not a readable safetensors file ({exc}); the file is corrupted"
-        ) from None
-
-
-# --------------------------------------------------------------------------- optimizer state <-> safetensors
-
-
-def _encode(value: Any, key: str, tensors: dict[str, torch.Tensor]) -> Any:
-    """JSON form of ``value``: tensors move to ``tensors`` under ``key``; tuples are tagged to come back."""
-    if isinstance(value, torch.Tensor):
-        tensors[key] = value
-        return {"__tensor__": key}
-    if isinstance(value, tuple):
-        return {"__tuple__": [_encode(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]}
-    if isinstance(value, list):
-        return [_encode(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]
-    if isinstance(value, dict):
-        if not all(isinstance(k, str) for k in value):
-            raise CheckpointError(f"optimizer state: '{key}' has non-string keys; cannot store it as JSON")
-        return {k: _encode(v, f"{key}.{k}", tensors) for k, v in value.items()}
-    if isinstance(value, np.generic):
-        return value.item()
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    raise CheckpointError(f"optimizer state: '{key}' is a {type(value).__name__}; cannot store it as JSON")
-
-
-def _decode(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
-    """Inverse of ``_encode``."""
-    if isinstance(value, list):
-        return [_decode(v, tensors) for v in value]
-    if isinstance(value, dict):
-        if set(value) == {"__tensor__"}:
-            key = value["__tensor__"]
-            if key not in tensors:
-                raise CheckpointError(f"optimizer state: tensor '{key}' is missing from {OPTIMIZER_FILE}")
-            return tensors[key]
-        if set(value) == {"__tuple__"}:
-            return tuple(_decode(v, tensors) for v in value["__tuple__"])
-        return {k: _decode(v, tensors) for k, v in value.items()}
-    return value
-
-
-def optimizer_state_to_safetensors(state_dict: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split ``optimizer.state_dict()`` into tensors (``state.<index>.<name>``) and a JSON-able remainder."""
-    if "state" not in state_dict or "param_groups" not in state_dict:
-        raise CheckpointError(
-            "optimizer state: expected a dict with 'state' and 'param_groups' (optimizer.state_dict())"
-        )
-    tensors: dict[str, torch.Tensor] = {}
-    # torch keys per-parameter state by integer index; JSON object keys must be strings
-    state = {str(idx): _encode(dict(s), f"state.{idx}", tensors) for idx, s in state_dict["state"].items()}
-    groups = [
-        _encode(dict(g), f"param_groups.{i}", tensors) for i, g in enumerate(state_dict["param_groups"])
-    ]
-    extra = {k: v for k, v in state_dict.items() if k not in ("state", "param_groups")}
-    json_part = {"state": state, "param_groups": groups}
-    if extra:
-        json_part["extra"] = _encode(extra, "extra", tensors)
-    return tensors, json_part
-
-
-def optimizer_state_from_safetensors(
-    tensors: Mapping[str, torch.Tensor], json_part: Mapping[str, Any]
-) -> dict:
-    """Rebuild a state dict for ``optimizer.load_state_dict`` from the two halves."""
-    try:
-        state = {int(idx): _decode(s, tensors) for idx, s in json_part["state"].items()}
-        groups = [_decode(g, tensors) for g in json_part["param_groups"]]
-    except (KeyError, ValueError, AttributeError, TypeError) as exc:
-        raise CheckpointError(f"optimizer state in {TRAINER_STATE_FILE} is malformed ({exc!r})") from None
-    out: dict[str, Any] = {"state": state, "param_groups": groups}
-    out.update(_decode(json_part.get("extra", {}), tensors))
-    return out
-
-
 # --------------------------------------------------------------------------- saving
 
 
@@ -268,9 +195,8 @@ def _atomic_save(folder: str | Path, fill: Callable[[Path], None]) -> Path:
     """Build a checkpoint in a temp sibling with ``fill``, fsync it, and rename it onto ``folder``."""
     folder = Path(folder)
     parent, name = folder.parent, folder.name
-    pid = os.getpid()
-    tmp = parent / f".{name}.tmp-{pid}"
-    old = parent / f".{name}.old-{pid}"
+    tmp = scratch_path(folder, "tmp")
+    old = scratch_path(folder, "old")
     existed = folder.exists()
     moved_aside = False
     try:
@@ -309,7 +235,7 @@ def _atomic_save(folder: str | Path, fill: Callable[[Path], None]) -> Path:
         raise CheckpointError(f"could not write checkpoint {folder}: {exc}; {tail}") from exc
     if existed:
         shutil.rmtree(old, ignore_errors=True)
-    _remove_stale_scratch(parent, name)
+    remove_stale_scratch(parent, name)
     return folder
 
 
@@ -425,7 +351,7 @@ def load_model_state(folder: str | Path, verify: bool = True) -> dict[str, torch
     if not folder.is_dir():
         raise CheckpointError(f"{folder}: no such model or checkpoint folder")
     _check_before_load(folder, verify)
-    return _load_safetensors(folder / MODEL_FILE)
+    return read_safetensors(folder / MODEL_FILE)
 
 
 def load_training_state(folder: str | Path, verify: bool = True) -> tuple[dict, dict | None, dict | None]:
@@ -444,127 +370,6 @@ def load_training_state(folder: str | Path, verify: bool = True) -> tuple[dict, 
         raise CheckpointError(f"{path}: not a twinlm trainer state file")
     optimizer = None
     if doc.get("optimizer") is not None:
-        tensors = _load_safetensors(folder / OPTIMIZER_FILE)
+        tensors = read_safetensors(folder / OPTIMIZER_FILE)
         optimizer = optimizer_state_from_safetensors(tensors, doc["optimizer"])
     return doc.get("trainer") or {}, optimizer, doc.get("scheduler")
-
-
-# --------------------------------------------------------------------------- run folders
-
-
-def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
-    """The folder name for the checkpoint at ``step``: run_dir/checkpoint-0001234."""
-    if step < 0:
-        raise ValueError(f"step must be >= 0, got {step}")
-    return Path(run_dir) / f"checkpoint-{step:07d}"
-
-
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The checkpoint-<step> folders of a run, oldest step first (temp and old folders are ignored)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return []
-    found = []
-    for entry in run_dir.iterdir():
-        m = _CHECKPOINT_RE.fullmatch(entry.name)
-        if m and entry.is_dir():
-            found.append((int(m[1]), entry))
-    return [path for _, path in sorted(found)]
-
-
-def latest_checkpoint(run_dir: str | Path, warn: bool = True) -> Path | None:
-    """The newest checkpoint that verifies; broken newer ones are skipped with a warning."""
-    for path in reversed(list_checkpoints(run_dir)):
-        try:
-            verify_checkpoint(path, deep=True)
-        except CheckpointError as exc:
-            if warn:
-                warnings.warn(f"skipping checkpoint {path}: {exc}", stacklevel=2)
-            continue
-        return path
-    return None
-
-
-def prune_checkpoints(run_dir: str | Path, keep_last: int) -> None:
-    """Delete all but the newest ``keep_last`` complete checkpoints (and broken ones older than those)."""
-    if keep_last < 0:
-        raise ValueError(f"keep_last must be >= 0, got {keep_last}")
-    run_dir = Path(run_dir)
-    checkpoints = list_checkpoints(run_dir)
-    kept: list[Path] = []
-    for path in reversed(checkpoints):
-        if len(kept) == keep_last:
-            break
-        try:
-            verify_checkpoint(path, deep=False)  # shallow: pruning runs every save, hashing would be slow
-        except CheckpointError:
-            continue
-        kept.append(path)
-    if keep_last > 0 and not kept:
-        return  # nothing complete to fall back on: deleting anything could lose the only copy
-    # broken checkpoints newer than the oldest kept one stay, so the user can inspect them
-    oldest_kept = checkpoints.index(kept[-1]) if kept else len(checkpoints)
-    for path in checkpoints[:oldest_kept]:
-        # rename first so a crash mid-delete never leaves a half-deleted folder named like a checkpoint
-        doomed = run_dir / f".{path.name}.old-{os.getpid()}"
-        if doomed.exists():
-            shutil.rmtree(doomed)
-        os.rename(path, doomed)
-        shutil.rmtree(doomed, ignore_errors=True)
-    _remove_stale_scratch(run_dir)
-
-
-# --------------------------------------------------------------------------- RNG state
-
-
-def rng_state_to_json() -> dict:
-    """Python, numpy, torch CPU (and CUDA) generator states as plain JSON values."""
-    version, internal, gauss_next = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
-    state: dict[str, Any] = {
-        "python": {"version": version, "state": list(internal), "gauss_next": gauss_next},
-        "numpy": {
-            "kind": kind,
-            "keys": [int(k) for k in keys],
-            "pos": int(pos),
-            "has_gauss": int(has_gauss),
-            "cached_gaussian": float(cached),
-        },
-        "torch": torch.get_rng_state().tolist(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Put back generator states captured by ``rng_state_to_json``."""
-    try:
-        if "python" in state:
-            py = state["python"]
-            random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
-        if "numpy" in state:
-            n = state["numpy"]
-            keys = np.asarray(n["keys"], dtype=np.uint32)
-            np.random.set_state((n["kind"], keys, n["pos"], n["has_gauss"], n["cached_gaussian"]))
-        if "torch" in state:
-            torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"the saved random-number generator state is malformed ({exc!r})") from None
-    cuda = state.get("cuda")
-    if cuda:
-        if not torch.cuda.is_available():
-            warnings.warn(
-                "checkpoint has CUDA RNG states but CUDA is not available; they are not restored",
-                stacklevel=2,
-            )
-            return
-        count = torch.cuda.device_count()
-        if count != len(cuda):
-            warnings.warn(
-                f"checkpoint has CUDA RNG states for {len(cuda)} device(s), this machine has {count}; "
-                "restoring the ones that match",
-                stacklevel=2,
-            )
-        for i, s in enumerate(cuda[:count]):
-            torch.cuda.set_rng_state(torch.tensor(s, dtype=torch.uint8), device=i)

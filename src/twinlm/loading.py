@@ -29,6 +29,7 @@ from .errors import CheckpointError, ConfigError
 from .heads import TaskModel
 from .hf import SUPPORTED_FAMILIES, export_hf, family_of, import_hf_state, is_hf_folder
 from .model import LanguageModel
+from .runfolder import latest_checkpoint
 from .tokenizer import Tokenizer, load_tokenizer
 
 HF_PREFIX = "hf:"
@@ -78,7 +79,7 @@ def resolve_hf_path(ref: str | Path, cache_dir: str | Path | None = None) -> Pat
                                           allow_patterns=HUB_FILES))
     except Exception:  # LocalEntryNotFoundError and friends: not cached, try the network below
         pass
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE"):  # huggingface_hub's rule
         raise CheckpointError(
             f"{text}: not in the local Hugging Face cache and HF_HUB_OFFLINE is set, so it cannot be downloaded; "
             f"fetch it where there is network (`huggingface-cli download {repo_id}`) or pass its folder instead"
@@ -112,7 +113,7 @@ def resolve(path: str | Path) -> Path:
         return folder
     if (folder / "best" / "config.json").is_file():
         return folder / "best"
-    latest = ckpt.latest_checkpoint(folder)
+    latest = latest_checkpoint(folder)
     if latest is None:
         raise CheckpointError(f"{folder}: no config.json, no best/ and no complete checkpoint-* folder inside")
     return latest
@@ -244,7 +245,7 @@ def training_state(source: str, run_dir: str | Path) -> tuple[Path, dict, dict, 
     ``source`` 'auto' takes the newest checkpoint in ``run_dir`` that verifies (None when there is none yet);
     anything else is a checkpoint folder, which must verify.
     """
-    folder = ckpt.latest_checkpoint(run_dir) if source == "auto" else Path(source)
+    folder = latest_checkpoint(run_dir) if source == "auto" else Path(source)
     if folder is None:
         return None
     ckpt.verify_checkpoint(folder)
