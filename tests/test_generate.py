@@ -1,10 +1,10 @@
-"""Generation: the KV cache equals full passes, every logits processor keeps its promise, beam search, streaming,
-stop strings, mask-predict, multi-mask fill-mask, the CLI, and each bad input as one clear error."""
+"""Generation: the KV cache equals full passes, the processors in decoding, streaming, stop strings, beam search
+through the text API, the CLI, and each bad input as one clear error (processors, beam search and masked models in
+detail: test_processors.py, test_beam.py, test_masked.py)."""
 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -19,19 +19,13 @@ from twinlm.generate import (
     GenerationConfig,
     TextStream,
     TruncationWarning,
-    beam_search,
     generate,
     generate_ids,
     mask_predict,
-    min_p,
-    no_repeat_ngram,
-    repetition_penalty,
     stream,
-    top_k,
-    top_p,
 )
 from twinlm.model import LanguageModel
-from twinlm.pipelines import fill_mask, fill_mask_joint, sample
+from twinlm.pipelines import fill_mask, sample
 from twinlm.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 
 VOCAB = 60
@@ -84,10 +78,6 @@ LLAMA_STYLE = dict(position="rotary", norm_type="rmsnorm", mlp="swiglu", n_kv_he
 @pytest.mark.parametrize("norm,extra", [("pre", {}), ("post", {}), ("pre", LLAMA_STYLE)],
                          ids=["pre-norm", "post-norm", "llama-style"])
 def test_kv_cache_logits_equal_full_forward_every_step_with_left_padding(norm, extra):
-    import dataclasses
-
-    if not set(extra) <= {f.name for f in dataclasses.fields(ModelConfig)}:
-        pytest.skip("this backbone has no rotary / GQA / SwiGLU options")
     model = tiny(norm=norm, **extra)
     prompts = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
     steps: dict[int, torch.Tensor] = {}
@@ -118,59 +108,7 @@ def test_batched_rows_equal_their_single_runs():
     assert batched == [generate_ids(model, [p], max_new_tokens=12)[0] for p in prompts]
 
 
-# ---------------------------------------------------------------------------------------------- processors
-
-
-def _logits(rows: int = 6, vocab: int = 40, seed: int = 0) -> torch.Tensor:
-    return torch.randn(rows, vocab, generator=torch.Generator().manual_seed(seed)) * 3
-
-
-@pytest.mark.parametrize("k", [1, 3, 10])
-def test_top_k_keeps_exactly_the_k_best(k):
-    logits = _logits()
-    out = top_k(k)(None, None, logits)
-    for row, kept in zip(logits, out, strict=True):
-        finite = torch.isfinite(kept)
-        assert int(finite.sum()) == k
-        assert set(finite.nonzero().squeeze(1).tolist()) == set(row.topk(k).indices.tolist())
-
-
-@pytest.mark.parametrize("p", [0.05, 0.5, 0.9, 0.999, 1.0])
-def test_top_p_keeps_the_smallest_set_with_mass_at_least_p(p):
-    logits = _logits()
-    out = top_p(p)(None, None, logits)
-    for row, kept in zip(logits, out, strict=True):
-        probs = row.softmax(-1)
-        keep = torch.isfinite(kept)
-        mass = float(probs[keep].sum())
-        assert mass >= p - 1e-6
-        # the kept tokens are the most likely ones, and dropping the least likely kept one falls short of p
-        assert float(probs[keep].min()) >= float(probs[~keep].max()) if (~keep).any() else True
-        assert mass - float(probs[keep].min()) < p
-
-
-def test_min_p_keeps_tokens_above_a_fraction_of_the_best():
-    logits = _logits()
-    out = min_p(0.2)(None, None, logits)
-    probs = logits.softmax(-1)
-    expected = probs >= 0.2 * probs.max(-1, keepdim=True).values
-    assert torch.equal(torch.isfinite(out), expected)
-
-
-def test_repetition_penalty_touches_only_seen_tokens_and_ignores_padding():
-    logits = torch.tensor([[2.0, -2.0, 2.0, -2.0, 1.0]])
-    ids = torch.tensor([[4, 0, 1]])
-    mask = torch.tensor([[0, 1, 1]])  # token 4 is padding
-    out = repetition_penalty(2.0)(ids, mask, logits)
-    assert out.tolist() == [[1.0, -4.0, 2.0, -2.0, 1.0]]
-
-
-def test_no_repeat_ngram_bans_completions_of_seen_ngrams():
-    ids = torch.tensor([[1, 2, 3, 1, 2, 4, 1]])
-    out = no_repeat_ngram(2)(ids, torch.ones_like(ids), torch.zeros(1, 6))
-    assert torch.isinf(out[0]).nonzero().squeeze(1).tolist() == [2]  # "1 2" was seen; "1 3" was not
-    out = no_repeat_ngram(3)(torch.tensor([[1, 2, 3, 1, 2]]), torch.ones(1, 5, dtype=torch.long), torch.zeros(1, 6))
-    assert torch.isinf(out[0]).nonzero().squeeze(1).tolist() == [3]
+# ---------------------------------------------------------------------------------------------- processors in decoding
 
 
 def test_no_repeat_ngram_in_generation():
@@ -276,92 +214,15 @@ def test_sample_is_a_wrapper_over_generate(gpt2_tok, gpt2_model):
 # ---------------------------------------------------------------------------------------------- beam search
 
 
-def test_beam_search_with_one_beam_equals_greedy():
-    model = tiny()
-    for prompt in ([1, 2, 3], [20, 21, 22, 23]):
-        greedy = generate_ids(model, [prompt], max_new_tokens=15)[0]
-        for early in (True, False):
-            cfg = GenerationConfig(max_new_tokens=15, num_beams=1, early_stopping=early)
-            assert beam_search(model, prompt, cfg)[0] == greedy
-    # with a stop token in play, early stopping ends on the first finished beam like greedy does
-    free = generate_ids(model, [[1, 2, 3]], max_new_tokens=15)[0]
-    cfg = GenerationConfig(max_new_tokens=15, num_beams=1, early_stopping=True)
-    assert beam_search(model, [1, 2, 3], cfg, stop_ids=[free[4]])[0] == free[:free.index(free[4])]
-
-
-def bigram_model(table: torch.Tensor) -> LanguageModel:
-    """A causal LM whose next-token distribution depends only on the previous token: softmax(table[prev]).
-
-    Token embeddings are one-hot, attention and MLP outputs are zero (each block is the identity), so the final
-    LayerNorm sees a one-hot vector; the decoder matrix undoes that LayerNorm's affine map.
-    """
-    V = table.size(0)
-    cfg = ModelConfig(vocab_size=V, n_layers=1, d_model=V + 1, n_heads=1, d_ff=4, max_positions=16,
-                      attention="causal", tie_embeddings=False, layer_norm_eps=1e-12)
-    model = LanguageModel(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.zero_()
-        model.backbone.tok_emb.weight[:, :V] = torch.eye(V)
-        model.backbone.final_norm.weight.fill_(1.0)
-        d = V + 1
-        std = math.sqrt((1 / d) * (1 - 1 / d))  # LayerNorm of a one-hot e_i is (e_i - 1/d) / std
-        w = torch.zeros(V, d)
-        w[:, :V] = table.t() * std
-        w[:, V] = -w[:, :V].sum(1)  # rows sum to zero, so the -1/d shift contributes nothing
-        model.head.decoder.weight.copy_(w)
-    return model
-
-
-def test_beam_search_finds_a_better_sequence_than_greedy():
-    # tokens: 0 start, 1 A, 2 B, 3 C, 4 D.  start -> A .6 | B .4;  A -> C .34 | D .33 | start .33;  B -> C .9
-    probs = torch.full((5, 5), 1e-6)
-    probs[0, 1], probs[0, 2] = 0.6, 0.4
-    probs[1, 3], probs[1, 4], probs[1, 0] = 0.34, 0.33, 0.33
-    probs[2, 3], probs[2, 4] = 0.9, 0.1
-    probs[3] = probs[4] = 0.2
-    model = bigram_model(probs.log())
-
-    def logprob(seq: list[int]) -> float:
-        with torch.no_grad():
-            lp = model(torch.tensor([[0] + seq]))[0].log_softmax(-1)
-        return sum(float(lp[i, t]) for i, t in enumerate(seq))
-
-    greedy = generate_ids(model, [[0]], max_new_tokens=2)[0]
-    beam = generate_ids(model, [[0]], max_new_tokens=2, num_beams=2, length_penalty=0.0)[0]
-    assert greedy == [1, 3] and beam == [2, 3]
-    assert logprob(beam) > logprob(greedy)
-    assert abs(logprob(beam) - math.log(0.4 * 0.9)) < 1e-3
-
-
 def test_beam_search_through_generate_text(gpt2_tok, gpt2_model):
     out = generate(gpt2_model, gpt2_tok, "Hello", max_new_tokens=8, num_beams=3, stop_at_eos=False)
     assert out.score is not None and len(out.token_ids) == 8
-
-
-# ---------------------------------------------------------------------------------------------- masked models
-
-
-def test_mask_predict_fills_every_mask(char_tok):
-    model = char_model(char_tok, kind="bidirectional")
-    out = mask_predict(model, char_tok, "the quick", max_new_tokens=12, steps=4)
-    assert len(out.token_ids) == 12
-    assert not set(out.token_ids) & set(char_tok.special_ids)
-    assert len(out.text) == 12  # char tokens: one character each
-
-
-def test_fill_mask_several_masks_and_joint_filling(char_tok):
-    model = char_model(char_tok, kind="bidirectional")
-    text = "the [MASK]uick [MASK]rown"
-    preds = fill_mask(model, char_tok, text, top_k=3)
-    assert len(preds) == 2 and all(len(p) == 3 for p in preds)
-    assert all("[MASK]" in p.sequence for p in preds[0])  # the other blank stays a blank
-    joint = fill_mask_joint(model, char_tok, text)
-    assert len(joint.token_ids) == 2 and "[MASK]" not in joint.sequence
-    assert not set(joint.token_ids) & set(char_tok.special_ids)
-    # one mask: the joint filling is the independent argmax
-    single = fill_mask(model, char_tok, "the [MASK]uick", top_k=1)[0][0]
-    assert fill_mask_joint(model, char_tok, "the [MASK]uick").token_ids == [single.token_id]
+    # several prompts of different lengths go through one batch and come out as they do one at a time
+    prompts = ["A", "The longer prompt goes here", "Hello"]
+    batch = generate(gpt2_model, gpt2_tok, prompts, max_new_tokens=8, num_beams=3, stop_at_eos=False)
+    for got, prompt in zip(batch, prompts, strict=True):
+        alone = generate(gpt2_model, gpt2_tok, prompt, max_new_tokens=8, num_beams=3, stop_at_eos=False)
+        assert (got.text, got.token_ids) == (alone.text, alone.token_ids) and abs(got.score - alone.score) < 1e-4
 
 
 # ---------------------------------------------------------------------------------------------- bad input

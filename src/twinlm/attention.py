@@ -114,6 +114,24 @@ class KVBuffer:
         self.length = end
         return self.k[:, :, :end], self.v[:, :, :end]
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Make row i hold the cached keys/values of row ``index[i]`` (beam search); index may change the row count.
+
+        Only the filled positions are copied, and with the same row count they are written back into the same
+        pre-allocated storage.
+        """
+        live = self.length
+        if index.numel() == self.k.size(0):
+            # index_select returns a fresh tensor, so rows that read and write the same storage cannot clash.
+            self.k[:, :, :live] = self.k[:, :, :live].index_select(0, index)
+            self.v[:, :, :live] = self.v[:, :, :live].index_select(0, index)
+            return
+        k = self.k.new_empty((index.numel(), *self.k.shape[1:]))
+        v = torch.empty_like(k)
+        k[:, :, :live] = self.k[:, :, :live].index_select(0, index)
+        v[:, :, :live] = self.v[:, :, :live].index_select(0, index)
+        self.k, self.v = k, v
+
 
 KVCache = tuple[torch.Tensor, torch.Tensor] | KVBuffer
 

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .config import require
+from .decoding import model_device
 from .errors import ConfigError
 from .model import LanguageModel
 from .tokenizer import Tokenizer
@@ -60,10 +61,6 @@ class PerplexityResult:
         return dict(self.__dict__)
 
 
-def _device(model: LanguageModel) -> torch.device:
-    return next(model.parameters()).device
-
-
 def default_paradigm(model: LanguageModel) -> str:
     """The paradigm of the model's default mask: 'causal' for causal attention, else 'masked' (a hybrid does both)."""
     return "causal" if model.config.attention == "causal" else "masked"
@@ -95,7 +92,7 @@ def causal_logprobs(model: LanguageModel, ids: list[int], start_id: int, window:
     """log P(ids[i] | start, ids[:i]) for every i (float64, shape (len(ids),)), in sliding windows."""
     window, stride = _windowing(model, window, stride)
     seq = [start_id, *ids]
-    device = _device(model)
+    device = model_device(model)
     out = torch.empty(len(ids), dtype=torch.float64)
     # Target chunk [a, b) of seq (a >= 1) is predicted by the window seq[max(0, b - window):b].
     chunks = [(a, min(a + stride, len(seq))) for a in range(1, len(seq), stride)]
@@ -137,7 +134,7 @@ def pseudo_logprobs(model: LanguageModel, tokenizer: Tokenizer, ids: list[int], 
     room = model.config.max_positions - len(prefix) - len(suffix)
     if room < 1:
         raise ConfigError(f"max_positions={model.config.max_positions} leaves no room for text between the specials")
-    device = _device(model)
+    device = model_device(model)
     out = torch.empty(len(ids), dtype=torch.float64)
     for c in range(0, len(ids), room):
         chunk = ids[c:c + room]
