@@ -31,7 +31,7 @@ OUT = Path("runs/bench")
 
 def _cfg(args: argparse.Namespace, lr: float) -> TrainConfig:
     return TrainConfig(batch_size=args.batch_size, lr=args.lr or lr, warmup_steps=args.warmup, weight_decay=0.01,
-                       eval_every=10**9, save_every=10**9, log_every=20, seed=args.seed, device="cpu",
+                       eval_every=None, save_every=None, log_every=20, seed=args.seed, device="cpu",
                        progress=not args.no_progress, patience=None)
 
 
@@ -90,8 +90,8 @@ def paradigms(args: argparse.Namespace) -> list[dict]:
     prepare_corpus(corpus, tok, root / "data", progress=False)
     rows = []
     for objective in ("mlm", "clm"):
-        cfg = TrainConfig(max_steps=args.pretrain_steps, batch_size=32, lr=2e-3, warmup_steps=50, eval_every=10**9,
-                          save_every=10**9, seed=args.seed, device="cpu", progress=not args.no_progress)
+        cfg = TrainConfig(max_steps=args.pretrain_steps, batch_size=32, lr=2e-3, warmup_steps=50, eval_every=None,
+                          save_every=None, seed=args.seed, device="cpu", progress=not args.no_progress)
         pretrain_run(root / "data", root / objective, "tiny", PretrainOptions(objective, seq_len=128), cfg)
         args_ft = argparse.Namespace(**{**vars(args), "lr": 1e-3})
         rows.append(sst2(args_ft, root / objective, f"tiny-{objective}-{args.pretrain_steps}steps"))

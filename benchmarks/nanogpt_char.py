@@ -81,7 +81,7 @@ def run_twinlm(text: Path, root: Path, args: argparse.Namespace) -> dict:
     data = root / "data"
     prepare_corpus([doc], tok, data, val_fraction=0.1, workers=1, progress=False)  # one document: last 10% is val
     cfg = TrainConfig(max_steps=args.iters, batch_size=12, lr=1e-3, min_lr_ratio=0.1, warmup_steps=100,
-                      weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0, eval_every=10**9, save_every=10**9,
+                      weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0, eval_every=None, save_every=None,
                       log_every=100, device="cpu", progress=args.progress, compile=args.compile)
     start = time.perf_counter()
     result = pretrain_run(data, root / "run", "tiny", PretrainOptions(objective="clm", seq_len=65), cfg,

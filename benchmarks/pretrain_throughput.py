@@ -40,7 +40,7 @@ def main() -> None:
         prepare_corpus([text], tok, root / "data", progress=False)
         for objective in ("mlm", "clm"):
             cfg = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, warmup_steps=5,
-                              eval_every=10**9, save_every=10**9, log_every=10, device="cpu", progress=False)
+                              eval_every=None, save_every=None, log_every=10, device="cpu", progress=False)
             start = time.perf_counter()
             result = pretrain_run(root / "data", root / objective, args.preset,
                                   PretrainOptions(objective=objective, seq_len=args.seq_len), cfg)

@@ -51,8 +51,8 @@ def base(tmp_path_factory) -> Path:
 
 
 def _cfg(**kw) -> TrainConfig:
-    return TrainConfig(**{"batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10**9,
-                          "save_every": 10**9, "log_every": 5, "device": "cpu", "progress": False, **kw})
+    return TrainConfig(**{"batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "eval_every": None,
+                          "save_every": None, "log_every": 5, "device": "cpu", "progress": False, **kw})
 
 
 @pytest.fixture(scope="module")

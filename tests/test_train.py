@@ -16,13 +16,14 @@ import torch
 
 from helpers import REPO, prepared_corpus
 from twinlm import checkpoint as ckpt
+from twinlm import runfolder
 from twinlm.config import ModelConfig
-from twinlm.errors import TrainingDiverged
+from twinlm.errors import ConfigError, TrainingDiverged
 from twinlm.model import LanguageModel
 from twinlm.pipelines import load_pretrained
 from twinlm.pretrain import PretrainOptions
 from twinlm.runs import pretrain_run
-from twinlm.train import TrainConfig, Trainer, lr_at, param_groups
+from twinlm.train import InterruptGuard, TrainConfig, Trainer, _due, lr_at, param_groups
 
 SMALL = ["--preset", "tiny", "--seq-len", "32", "--batch-size", "4", "--log-every", "1", "--no-progress",
          "--eval-every", "1000", "--lr", "3e-3", "--warmup-steps", "5"]
@@ -114,7 +115,7 @@ def test_two_process_ddp_matches_one_process_with_the_same_global_batch(tmp_path
     assert sorted(one) == sorted(two) == list(range(1, 9))
     for step in one:
         assert abs(one[step] - two[step]) < 1e-4 * max(1.0, abs(one[step])), (step, one[step], two[step])
-    assert len(ckpt.list_checkpoints(tmp_path / "two")) == 1  # only rank 0 wrote
+    assert len(runfolder.list_checkpoints(tmp_path / "two")) == 1  # only rank 0 wrote
 
 
 class _NaNAfter:
@@ -157,7 +158,7 @@ def test_nan_guard_stops_without_writing_a_bad_checkpoint(tmp_path):
     trainer = Trainer(_micro_model(), _NaNAfter(bad_step=5), _cfg(max_steps=10, save_every=2), tmp_path)
     with pytest.raises(TrainingDiverged, match="loss became nan at step 6"):
         trainer.train()
-    names = [p.name for p in ckpt.list_checkpoints(tmp_path)]
+    names = [p.name for p in runfolder.list_checkpoints(tmp_path)]
     assert names[-1] == "checkpoint-0000004"  # the last good one, nothing after the NaN
     state = ckpt.load_model_state(tmp_path / names[-1])
     assert all(torch.isfinite(t).all() for t in state.values())
@@ -168,7 +169,97 @@ def test_time_budget_stops_cleanly_with_a_checkpoint(tmp_path):
     result = trainer.train()
     assert result.stopped_early == "time budget reached"
     assert 0 < result.step < 10**6
-    assert result.checkpoint == ckpt.latest_checkpoint(tmp_path)
+    assert result.checkpoint == runfolder.latest_checkpoint(tmp_path)
+
+
+def _rows(run: Path, key: str) -> list[int]:
+    return [r["step"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if key in r]
+
+
+def _saved(run: Path) -> list[int]:
+    return [int(p.name.split("-")[1]) for p in runfolder.list_checkpoints(run)]
+
+
+def test_due_is_a_multiple_and_none_is_never():
+    assert [s for s in range(1, 13) if _due(s, 4)] == [4, 8, 12]
+    assert not any(_due(s, None) for s in range(1, 13))
+
+
+@pytest.mark.parametrize("name", ["eval_every", "save_every"])
+def test_every_is_a_positive_step_count_or_none(name):
+    TrainConfig(**{name: None}).validate()
+    TrainConfig(**{name: 1}).validate()
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ConfigError, match=name.replace("_", "-")):
+            TrainConfig(**{name: bad}).validate()
+
+
+@pytest.mark.parametrize("eval_every, save_every, evals, saves", [
+    (4, 3, [4, 8, 10], [3, 6, 9, 10]),  # periodic, plus the final evaluation and checkpoint at max_steps
+    (None, None, [10], [10]),  # None: nothing periodic, only the final evaluation and checkpoint
+    (5, 5, [5, 10], [5, 10]),  # max_steps on the schedule: evaluated and saved once, not twice
+])
+def test_schedule_logs_evaluates_and_saves_at_exactly_the_due_steps(tmp_path, eval_every, save_every, evals, saves):
+    cfg = _cfg(max_steps=10, eval_every=eval_every, save_every=save_every, log_every=4, keep_last=20)
+    result = Trainer(_micro_model(), _NaNAfter(bad_step=10**9), cfg, tmp_path).train()
+    assert _rows(tmp_path, "loss") == [4, 8, 10]  # log_every, plus the last step
+    assert _rows(tmp_path, "val_loss") == evals
+    assert _saved(tmp_path) == saves
+    assert result.step == 10 and result.stopped_early is None and result.metrics == {"val_loss": 1.0}
+
+
+def test_early_stopping_keeps_the_best_and_saves_where_it_stopped(tmp_path):
+    cfg = _cfg(max_steps=20, eval_every=2, save_every=3, keep_last=20, best_metric="val_loss",
+               greater_is_better=False, patience=2)
+    result = Trainer(_micro_model(), _NaNAfter(bad_step=10**9), cfg, tmp_path).train()
+    # The first evaluation sets the best; the constant metric then gains nothing at steps 4 and 6: patience is out.
+    assert result.step == 6 and result.stopped_early.startswith("early stopping: no gain in val_loss")
+    assert _rows(tmp_path, "val_loss") == [2, 4, 6]
+    assert _saved(tmp_path) == [3, 6]
+    assert json.loads((tmp_path / "best_metrics.json").read_text())["step"] == 2
+
+
+def test_interrupt_guard_turns_ctrl_c_into_a_flag_and_restores_the_handler():
+    before = signal.getsignal(signal.SIGINT)
+    with InterruptGuard() as guard:
+        assert not guard.requested
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C does not break out either
+        time.sleep(0.01)
+        assert guard.requested
+    assert signal.getsignal(signal.SIGINT) is before
+    with InterruptGuard(enabled=False) as off:  # DDP ranks: the handler is left alone
+        assert signal.getsignal(signal.SIGINT) is before and not off.requested
+
+
+class _CtrlCAt(_NaNAfter):
+    """A finite-loss task that presses Ctrl-C once, while the batch of a given step is being built."""
+
+    def __init__(self, press_at: int | None) -> None:
+        super().__init__(bad_step=10**9)
+        self.press_at = press_at
+
+    def batch(self, step, micro, rank, world):
+        if step == self.press_at:
+            self.press_at = None
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().batch(step, micro, rank, world)
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path):
+    cfg = dict(max_steps=8, eval_every=None, save_every=None)
+    full = Trainer(_micro_model(), _CtrlCAt(None), _cfg(**cfg), tmp_path / "full")
+    full.train()
+    stopped = Trainer(_micro_model(), _CtrlCAt(3), _cfg(**cfg), tmp_path / "run").train()
+    assert stopped.stopped_early == "interrupted" and stopped.step == 4  # step 4 (index 3) ran to its end
+    run = tmp_path / "run"
+    assert stopped.checkpoint == runfolder.latest_checkpoint(run) == runfolder.checkpoint_dir(run, 4)
+    assert sorted(losses(tmp_path / "run")) == [1, 2, 3, 4]
+    resumed = Trainer(_micro_model(), _CtrlCAt(None), _cfg(**cfg), tmp_path / "run")
+    assert resumed.train(resume="auto").step == 8
+    assert losses(tmp_path / "run") == losses(tmp_path / "full")  # every step, bit for bit
+    assert all(torch.equal(a, b) for a, b in zip(resumed.model.state_dict().values(),
+                                                 full.model.state_dict().values(), strict=True))
 
 
 def test_warmup_then_cosine_schedule():

@@ -267,9 +267,10 @@ def finetune_run(init: str | Path, train_file: str | Path, eval_file: str | Path
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps_per_epoch = max(1, math.ceil(len(train.features) / (cfg.batch_size * cfg.grad_accum * world)))
     cfg.max_steps = max(1, round(epochs * steps_per_epoch))
-    if cfg.eval_every >= 10**8:
+    if cfg.eval_every is None:
         cfg.eval_every = steps_per_epoch
-    cfg.save_every = min(cfg.save_every, cfg.max_steps)
+    if cfg.save_every is not None:
+        cfg.save_every = min(cfg.save_every, cfg.max_steps)
     if evaluation is not None and cfg.best_metric is None:
         cfg.best_metric = BEST_METRIC[opts.task] if opts.problem != "regression" else "mse"
         cfg.greater_is_better = cfg.best_metric != "mse"

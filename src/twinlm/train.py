@@ -32,6 +32,8 @@ from tqdm.auto import tqdm
 from . import checkpoint as ckpt
 from .errors import ConfigError, TrainingDiverged
 from .loading import fit_weights, training_state
+from .runfolder import checkpoint_dir, prune_checkpoints
+from .trainstate import restore_rng_state, rng_state_to_json
 
 
 @dataclass
@@ -47,8 +49,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 1.0
-    eval_every: int = 200
-    save_every: int = 500
+    eval_every: int | None = 200  # None: only the run's final evaluation (finetune_run makes it once per epoch)
+    save_every: int | None = 500  # None: no checkpoint until the run's final one
     keep_last: int = 2
     log_every: int = 10
     time_budget: float | None = None  # seconds of training; then save and stop cleanly
@@ -64,9 +66,14 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ConfigError naming the first impossible setting."""
-        for name in ("max_steps", "batch_size", "grad_accum", "eval_every", "save_every", "log_every", "keep_last"):
+        for name in ("max_steps", "batch_size", "grad_accum", "log_every", "keep_last"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("eval_every", "save_every"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a whole number of steps, at least 1 "
+                                  f"(or None: only at the end), got {value!r}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.dtype not in ("fp32", "bf16"):
@@ -103,8 +110,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW over ``param_groups``, as the trainer builds it.
 
-    The fused kernel updates each tensor in one pass instead of ~8 elementwise passes: on a 2-core CPU that is about
-    a second per step for a 16M-parameter model (the Hugging Face Trainer also defaults to it on torch >= 2.8).
+    The fused kernel updates each tensor in one pass instead of ~8 elementwise passes, so the optimizer step reads
+    and writes the weights and moments once, which matters most on a CPU (the Hugging Face Trainer also defaults to
+    it on torch >= 2.8).
     """
     devices = {p.device.type for p in model.parameters()}
     fused = devices <= {"cpu", "cuda"} and all(p.dtype.is_floating_point for p in model.parameters())
@@ -174,6 +182,47 @@ class MetricsLog:
                 f.write(json.dumps(row) + "\n")
 
 
+def _due(step: int, every: int | None) -> bool:
+    """True when a periodic action (log, evaluation, checkpoint) falls on ``step``; ``every=None`` never does."""
+    return every is not None and step % every == 0
+
+
+class InterruptGuard:
+    """While active, Ctrl-C only sets ``requested``: the loop finishes its step, saves and stops.
+
+    Ctrl-C then saves a checkpoint instead of losing the work since the last one; every further Ctrl-C is caught the
+    same way, so none can cut the checkpoint write short. ``enabled=False`` (DDP ranks) leaves SIGINT alone.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled, self.requested, self._previous = enabled, False, None
+
+    def __enter__(self) -> InterruptGuard:
+        if self.enabled:
+            self._previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, lambda *_: setattr(self, "requested", True))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@dataclass
+class _Clock:
+    """The run's start time and the tokens/s window since the last logged row."""
+
+    start: float
+    window_t: float
+    window_tokens: int = 0
+
+    def restart(self, now: float) -> None:
+        self.window_t, self.window_tokens = now, 0
+
+    def rate(self, now: float) -> float:
+        return self.window_tokens / max(now - self.window_t, 1e-9)
+
+
 @dataclass
 class TrainResult:
     run_dir: Path
@@ -192,10 +241,7 @@ class Trainer:
     def __init__(self, model: nn.Module, task: Task, cfg: TrainConfig, run_dir: str | Path,
                  tokenizer: Any | None = None, run_info: dict[str, Any] | None = None) -> None:
         cfg.validate()
-        self.cfg = cfg
-        self.task = task
-        self.tokenizer = tokenizer
-        self.run_info = run_info or {}
+        self.cfg, self.task, self.tokenizer, self.run_info = cfg, task, tokenizer, run_info or {}
         self.run_dir = Path(run_dir)
         self.dist = init_distributed(cfg.device)
         self.device = resolve_device(cfg.device if cfg.device != "cuda" or self.dist.world == 1
@@ -216,26 +262,21 @@ class Trainer:
         self.tokens_seen = 0
         self.best: float | None = None
         self.evals_without_gain = 0
+        self.last_metrics: dict[str, float] = {}  # the latest evaluation of the current train() call
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", self.dist.main)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def save(self) -> Path:
         """Atomic checkpoint of model, optimizer, RNG and position (rank 0 writes, the others wait)."""
-        folder = ckpt.checkpoint_dir(self.run_dir, self.step)
+        folder = checkpoint_dir(self.run_dir, self.step)
         if self.dist.main:
-            state = {
-                "step": self.step,
-                "tokens_seen": self.tokens_seen,
-                "best": self.best,
-                "evals_without_gain": self.evals_without_gain,
-                "rng": ckpt.rng_state_to_json(),
-                "train_config": asdict(self.cfg),
-                **self.run_info,
-            }
+            state = {"step": self.step, "tokens_seen": self.tokens_seen, "best": self.best,
+                     "evals_without_gain": self.evals_without_gain, "rng": rng_state_to_json(),
+                     "train_config": asdict(self.cfg), **self.run_info}
             ckpt.save_checkpoint(folder, model_state=self.model.state_dict(), config=self.model.config,
                                  tokenizer=self.tokenizer, trainer_state=state,
                                  optimizer_state=self.optimizer.state_dict())
-            ckpt.prune_checkpoints(self.run_dir, self.cfg.keep_last)
+            prune_checkpoints(self.run_dir, self.cfg.keep_last)
         self._barrier()
         return folder
 
@@ -254,7 +295,7 @@ class Trainer:
         self.tokens_seen = int(trainer_state.get("tokens_seen", 0))
         self.best = trainer_state.get("best")
         self.evals_without_gain = int(trainer_state.get("evals_without_gain", 0))
-        ckpt.restore_rng_state(trainer_state["rng"])
+        restore_rng_state(trainer_state["rng"])
         self.log.truncate_after(self.step)
         if self.dist.main:
             print(f"resumed from {folder} at step {self.step}")
@@ -339,62 +380,76 @@ class Trainer:
         if self.step == 0:
             self.log.truncate_after(0)  # a fresh run in a used folder starts a fresh log
         self.model.train()
+        self.last_metrics = {}
+        now = time.perf_counter()
+        clock = _Clock(start=now, window_t=now)
+        stopped: str | None = None
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not (cfg.progress and self.dist.main),
                    desc="train", unit="step", dynamic_ncols=True)
-        start = time.perf_counter()
-        window_t, window_tokens = start, 0
-        metrics: dict[str, float] = {}
-        stopped: str | None = None
-        interrupted = {"flag": False}
-        previous = signal.getsignal(signal.SIGINT)
-        if self.dist.world == 1:  # Ctrl-C saves a checkpoint instead of losing the work since the last one
-            signal.signal(signal.SIGINT, lambda *_: interrupted.__setitem__("flag", True))
-        try:
+        with bar, InterruptGuard(enabled=self.dist.world == 1) as ctrl_c:
             while self.step < cfg.max_steps:
-                over = cfg.time_budget is not None and time.perf_counter() - start >= cfg.time_budget
-                if self._agree(float(over or interrupted["flag"])) > 0:
-                    stopped = "interrupted" if interrupted["flag"] else "time budget reached"
+                stopped = self._stop_requested(clock, ctrl_c)
+                if stopped is None:
+                    stopped = self._after_step(self._timed_step(clock), clock, bar)
+                if stopped:
                     break
-                step_start = time.perf_counter()
-                loss, tokens = self._train_step()
-                self.tokens_seen += tokens
-                window_tokens += tokens
-                if cfg.compile and self.compile_s is None:
-                    # The first compiled step traces and compiles; its time is reported apart, not as throughput.
-                    self.compile_s = time.perf_counter() - step_start
-                    self.log.write({"step": self.step, "compile_s": round(self.compile_s, 2)})
-                    window_t, window_tokens = time.perf_counter(), 0
-                lr = lr_at(self.step - 1, cfg)
-                now = time.perf_counter()
-                tok_s = window_tokens / max(now - window_t, 1e-9)
-                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
-                    self.log.write({"step": self.step, "loss": round(loss, 6), "lr": lr, "tokens_per_s": round(tok_s),
-                                    "tokens": self.tokens_seen, "elapsed_s": round(now - start, 3)})
-                    window_t, window_tokens = now, 0
-                bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}", refresh=False)
-                bar.update(1)
-                if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
-                    metrics = self.evaluate()
-                    self.log.write({"step": self.step, **metrics})
-                    bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                    if self.track_best(metrics):
-                        stopped = f"early stopping: no gain in {self.cfg.best_metric} for {self.cfg.patience} evals"
-                        break
-                if self.step % cfg.save_every == 0 and self.step < cfg.max_steps:
-                    self.save()
-        finally:
-            bar.close()
-            if self.dist.world == 1:
-                signal.signal(signal.SIGINT, previous)
-        elapsed = time.perf_counter() - start
-        if stopped and not metrics:
-            metrics = self.evaluate()
-            self.log.write({"step": self.step, **metrics})
+        elapsed = time.perf_counter() - clock.start
+        if stopped and not self.last_metrics:  # stopped before any evaluation: still report where it stands
+            self._evaluate_and_log()
         folder = self.save() if self.step > 0 else None
-        tokens_per_s = self._throughput()
         if self.dist.main and stopped:
             print(f"stopped at step {self.step} ({stopped}); checkpoint in {folder}")
-        return TrainResult(self.run_dir, folder, self.step, metrics, tokens_per_s, elapsed, stopped, self.compile_s)
+        return TrainResult(self.run_dir, folder, self.step, self.last_metrics, self._throughput(), elapsed, stopped,
+                           self.compile_s)
+
+    def _stop_requested(self, clock: _Clock, ctrl_c: InterruptGuard) -> str | None:
+        """Why to stop before the next step (time budget, Ctrl-C), agreed by every rank; None to go on."""
+        budget = self.cfg.time_budget
+        over = budget is not None and time.perf_counter() - clock.start >= budget
+        if self._agree(float(over or ctrl_c.requested)) > 0:
+            return "interrupted" if ctrl_c.requested else "time budget reached"
+        return None
+
+    def _timed_step(self, clock: _Clock) -> float:
+        """One optimizer step, its tokens counted; returns the loss."""
+        step_start = time.perf_counter()
+        loss, tokens = self._train_step()
+        self.tokens_seen += tokens
+        clock.window_tokens += tokens
+        if self.cfg.compile and self.compile_s is None:
+            # The first compiled step traces and compiles; its time is reported apart, not as throughput.
+            self.compile_s = time.perf_counter() - step_start
+            self.log.write({"step": self.step, "compile_s": round(self.compile_s, 2)})
+            clock.restart(time.perf_counter())
+        return loss
+
+    def _after_step(self, loss: float, clock: _Clock, bar: tqdm) -> str | None:
+        """Log, evaluate (best model, early stopping) and checkpoint when due; returns a stop reason or None."""
+        cfg = self.cfg
+        last = self.step == cfg.max_steps  # the last step is always logged and evaluated; the final save follows
+        lr = lr_at(self.step - 1, cfg)
+        now = time.perf_counter()
+        tok_s = clock.rate(now)
+        if _due(self.step, cfg.log_every) or last:
+            self.log.write({"step": self.step, "loss": round(loss, 6), "lr": lr, "tokens_per_s": round(tok_s),
+                            "tokens": self.tokens_seen, "elapsed_s": round(now - clock.start, 3)})
+            clock.restart(now)
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tok_s:,.0f}", lr=f"{lr:.2e}", refresh=False)
+        bar.update(1)
+        if _due(self.step, cfg.eval_every) or last:
+            metrics = self._evaluate_and_log()
+            bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            if self.track_best(metrics):
+                return f"early stopping: no gain in {cfg.best_metric} for {cfg.patience} evals"
+        if _due(self.step, cfg.save_every) and not last:
+            self.save()
+        return None
+
+    def _evaluate_and_log(self) -> dict[str, float]:
+        """Evaluate, append the metrics row and keep it as the run's latest metrics."""
+        self.last_metrics = self.evaluate()
+        self.log.write({"step": self.step, **self.last_metrics})
+        return self.last_metrics
 
     def _throughput(self) -> float:
         """Median tokens/s over the logged windows (skips the first window, which includes warm-up)."""
