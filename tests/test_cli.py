@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
+import shlex
+import sys
+import types
 from pathlib import Path
 
 import pytest
 
 from helpers import prepared_corpus, run_cli
-from twinlm.cli import EXAMPLES, build_parser, main
+from twinlm import cli_registry
+from twinlm.cli import main
+from twinlm.cli_registry import Command, build_parser, commands
+from twinlm.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -40,15 +48,80 @@ def one_line_error(capsys, argv: list[str], *needles: str) -> str:
     return line
 
 
-def test_every_command_has_help_with_an_example(capsys):
-    parser = build_parser()
-    help_text = parser.format_help()
-    for command in EXAMPLES:
-        assert command in help_text
+def test_every_command_is_listed_and_its_help_shows_its_examples(capsys):
+    registered = commands()
+    assert {"quickstart", "pretrain", "finetune", "generate", "score"} <= set(registered)
+    top = build_parser().format_help()
+    for name, command in registered.items():
+        assert re.search(rf"^  {re.escape(name)} +\S", top, re.MULTILINE), f"{name} missing from `twinlm --help`"
         with pytest.raises(SystemExit) as exit_info:
-            main([command, "--help"])
+            main([name, "--help"])
         assert exit_info.value.code == 0
-        assert "example:" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert command.help in out
+        for example in command.examples:
+            assert example in out, f"`twinlm {name} --help` does not show: {example}"
+
+
+def test_every_example_parses_with_the_real_parser():
+    parser = build_parser()
+    examples = [(name, ex) for name, c in commands().items() for ex in c.examples]
+    examples.append(("quickstart", cli_registry.START_HERE))
+    for name, example in examples:
+        argv = shlex.split(example, comments=True)
+        assert argv[0] == "twinlm", example
+        try:
+            args = parser.parse_args(argv[1:])
+        except SystemExit:
+            pytest.fail(f"example does not parse: {example}")
+        assert args.command == name, example
+
+
+def test_commands_reject_missing_or_misnamed_examples():
+    def nothing(_: object) -> None:
+        return None
+
+    with pytest.raises(ValueError, match="non-empty"):
+        Command("x", "x", examples=(), add_arguments=nothing, run=nothing)
+    with pytest.raises(ValueError, match="non-empty"):
+        Command("x", "x", examples="twinlm x --a", add_arguments=nothing, run=nothing)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="does not start with"):
+        Command("x", "x", examples=("twinlm y --a",), add_arguments=nothing, run=nothing)
+
+
+def _plugin(monkeypatch, *new: Command) -> None:
+    """Register a module of commands the way a new cli_*.py module would be."""
+    module = types.ModuleType("twinlm.cli_plugin")
+    module.COMMANDS = list(new)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "twinlm.cli_plugin", module)
+    monkeypatch.setitem(cli_registry.COMMAND_MODULES, "cli_plugin", "plugins")
+
+
+def test_a_new_module_adds_a_command_with_one_line_errors(monkeypatch, capsys):
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--times", type=int, required=True)
+
+    def run(args: argparse.Namespace) -> None:
+        if args.times < 1:
+            raise ConfigError(f"--times must be at least 1, got {args.times}")
+        print("hi " * args.times)
+
+    _plugin(monkeypatch, Command("hello", "say hi", examples=("twinlm hello --times 2",),
+                                 add_arguments=add_arguments, run=run))
+    assert re.search(r"^plugins:\n  hello +say hi$", build_parser().format_help(), re.MULTILINE)
+    assert main(["hello", "--times", "2"]) == 0
+    assert capsys.readouterr().out.strip() == "hi hi"
+    one_line_error(capsys, ["hello", "--times", "0"], "--times must be at least 1")
+
+
+def test_a_command_name_registered_twice_is_refused(monkeypatch):
+    def nothing(_: object) -> None:
+        return None
+
+    _plugin(monkeypatch, Command("sample", "again", examples=("twinlm sample --x",), add_arguments=nothing,
+                                 run=nothing))
+    with pytest.raises(ValueError, match="'sample' is registered twice"):
+        build_parser()
 
 
 def test_fill_mask_and_sample_run_on_trained_models(capsys, trained):

@@ -1,4 +1,4 @@
-"""The `twinlm` command. User mistakes print one line (`twinlm: error: ...`) and exit 2, never a traceback."""
+"""The `twinlm` command: main() (a user mistake is one `twinlm: error:` line, exit 2), pretraining commands."""
 
 from __future__ import annotations
 
@@ -7,26 +7,19 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import __version__, cli_generate, cli_tasks
+from .cli_registry import Command, build_parser, commands
 from .errors import TwinLMError
 
-EXAMPLES = {
-    "tokenizer": "twinlm tokenizer train --kind bpe --vocab-size 8000 --out tok/ corpus.txt",
-    "prepare": "twinlm prepare corpus.txt more.jsonl --tokenizer tok/ --out data/ --val-fraction 0.05",
-    "pretrain": "twinlm pretrain --objective mlm --preset tiny --data data/ --out runs/mlm --max-steps 2000",
-    "fill-mask": 'twinlm fill-mask --model runs/mlm "To be or not to [MASK]."',
-    "sample": 'twinlm sample --model runs/clm --prompt "ROMEO:" --max-new-tokens 60 --temperature 0.8',
-    "quickstart": "twinlm quickstart --out runs/quickstart",
-    "convert": "twinlm convert --from-hf ../shared/data/checkpoints/all-MiniLM-L6-v2 --out models/minilm",
-}
+if TYPE_CHECKING:
+    from .train import TrainConfig
+
+__all__ = ["COMMANDS", "add_train_flags", "build_parser", "main", "train_config"]
 
 
-def _example(name: str) -> str:
-    return f"example:\n  {EXAMPLES[name]}"
-
-
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    """The optimisation flags shared by `pretrain` and `finetune`."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--max-steps", type=int, default=1000)
     g.add_argument("--batch-size", type=int, default=32, help="rows per micro-batch per process")
@@ -49,21 +42,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (one sub-parser per command)."""
-    fmt = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
-        prog="twinlm", formatter_class=fmt,
-        description="Masked and causal language models side by side on one Transformer backbone.",
-        epilog="start here:\n  twinlm quickstart      # trains a tiny MLM and CLM on Tiny Shakespeare, compares them",
-    )
-    parser.add_argument("--version", action="version", version=f"twinlm {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    tok = sub.add_parser("tokenizer", help="train a tokenizer", epilog=_example("tokenizer"), formatter_class=fmt)
-    tok_sub = tok.add_subparsers(dest="tokenizer_command", metavar="ACTION")
-    tt = tok_sub.add_parser("train", help="train WordPiece, byte-level BPE or char tokenizer on text files",
-                            epilog=_example("tokenizer"), formatter_class=fmt)
+def _tokenizer_arguments(p: argparse.ArgumentParser) -> None:
+    actions = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
+    tt = actions.add_parser("train", help="train WordPiece, byte-level BPE or char tokenizer on text files",
+                            description="train WordPiece, byte-level BPE or char tokenizer on text files",
+                            epilog=p.epilog, formatter_class=p.formatter_class)  # `tokenizer`'s example is this one's
     tt.add_argument("files", nargs="+", help=".txt, .txt.gz, .jsonl or .parquet files")
     tt.add_argument("--kind", default="bpe", choices=["wordpiece", "bpe", "char"])
     tt.add_argument("--vocab-size", type=int, default=8000)
@@ -71,76 +54,72 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--text-field", default="text", help="field or column holding the text in .jsonl/.parquet")
     tt.add_argument("--out", required=True, help="folder for tokenizer.json")
 
-    pr = sub.add_parser("prepare", help="tokenize text into memory-mapped train/val shards",
-                        epilog=_example("prepare"), formatter_class=fmt)
-    pr.add_argument("files", nargs="+", help=".txt, .txt.gz, .jsonl or .parquet files or folders")
-    pr.add_argument("--tokenizer", required=True, help="tokenizer folder (twinlm, tokenizer.json, vocab.txt, ...)")
-    pr.add_argument("--out", required=True)
-    pr.add_argument("--val-fraction", type=float, default=0.1)
-    pr.add_argument("--workers", type=int, default=0, help="tokenizing processes (0: one per core)")
-    pr.add_argument("--text-field", default="text")
-    pr.add_argument("--skip-bad-lines", action="store_true", help="warn and skip undecodable or malformed lines")
 
-    pt = sub.add_parser("pretrain", help="pretrain an MLM, CLM or hybrid model",
-                        epilog=_example("pretrain"), formatter_class=fmt)
-    pt.add_argument("--objective", required=True, help="mlm | clm | hybrid")
-    pt.add_argument("--preset", default="tiny", help="tiny | mini | small | base")
-    pt.add_argument("--data", required=True, help="folder written by `twinlm prepare`")
-    pt.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, loss_curve.png")
-    pt.add_argument("--seq-len", type=int, default=128)
-    pt.add_argument("--dropout", type=float, default=0.0)
-    pt.add_argument("--norm", default="pre", choices=["pre", "post"])
-    pt.add_argument("--mask-prob", type=float, default=0.15)
-    pt.add_argument("--whole-word", action="store_true", help="mask whole words (WordPiece ## and BPE word starts)")
-    pt.add_argument("--fixed-count", action="store_true", help="mask exactly round(p*L) tokens per row")
-    pt.add_argument("--hybrid", default=None, help="phases, e.g. 'clm:4,mlm:16,clm:4' (AntLM)")
-    pt.add_argument("--mlm-ratio", type=float, default=None, help="hybrid per-step mix: fraction of MLM steps")
-    pt.add_argument("--eval-blocks", type=int, default=64)
-    _add_train_flags(pt)
+def _prepare_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("files", nargs="+", help=".txt, .txt.gz, .jsonl or .parquet files or folders")
+    p.add_argument("--tokenizer", required=True, help="tokenizer folder (twinlm, tokenizer.json, vocab.txt, ...)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--workers", type=int, default=0, help="tokenizing processes (0: one per core)")
+    p.add_argument("--text-field", default="text")
+    p.add_argument("--skip-bad-lines", action="store_true", help="warn and skip undecodable or malformed lines")
 
-    fm = sub.add_parser("fill-mask", help="top-k predictions for each [MASK] (masked model)",
-                        epilog=_example("fill-mask"), formatter_class=fmt)
-    fm.add_argument("text")
-    fm.add_argument("--model", required=True, help="run, checkpoint or model folder")
-    fm.add_argument("--top-k", type=int, default=5)
-    fm.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    fm.add_argument("--joint", action="store_true", help="also fill all masks together by iterative unmasking")
 
-    sa = sub.add_parser("sample", help="continue a prompt (causal model)", epilog=_example("sample"),
-                        formatter_class=fmt)
-    sa.add_argument("--model", required=True)
-    sa.add_argument("--prompt", default="")
-    sa.add_argument("--max-new-tokens", type=int, default=60)
-    sa.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    sa.add_argument("--top-k", type=int, default=None)
-    sa.add_argument("--seed", type=int, default=0)
+def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--objective", required=True, help="mlm | clm | hybrid")
+    p.add_argument("--preset", default="tiny", help="tiny | mini | small | base")
+    p.add_argument("--data", required=True, help="folder written by `twinlm prepare`")
+    p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, loss_curve.png")
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--norm", default="pre", choices=["pre", "post"])
+    p.add_argument("--mask-prob", type=float, default=0.15)
+    p.add_argument("--whole-word", action="store_true", help="mask whole words (WordPiece ## and BPE word starts)")
+    p.add_argument("--fixed-count", action="store_true", help="mask exactly round(p*L) tokens per row")
+    p.add_argument("--hybrid", default=None, help="phases, e.g. 'clm:4,mlm:16,clm:4' (AntLM)")
+    p.add_argument("--mlm-ratio", type=float, default=None, help="hybrid per-step mix: fraction of MLM steps")
+    p.add_argument("--eval-blocks", type=int, default=64)
+    add_train_flags(p)
 
-    qs = sub.add_parser("quickstart", help="tokenizer + tiny MLM + tiny CLM on Tiny Shakespeare, side by side",
-                        epilog=_example("quickstart"), formatter_class=fmt)
-    qs.add_argument("--out", default="runs/quickstart")
-    qs.add_argument("--corpus", default=None, help="text file to use instead of the embedded Tiny Shakespeare")
-    qs.add_argument("--max-steps", type=int, default=600, help="optimizer steps per model (the same for both)")
-    qs.add_argument("--time-budget", type=float, default=120.0,
-                    help="safety cap in training seconds per model; a model that hits it stops early and says so")
-    qs.add_argument("--seed", type=int, default=0)
-    qs.add_argument("--no-progress", action="store_true")
 
-    cv = sub.add_parser("convert", help="convert between Hugging Face and twinlm model folders",
-                        epilog=_example("convert"), formatter_class=fmt)
-    way = cv.add_mutually_exclusive_group(required=True)
+def _fill_mask_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("text")
+    p.add_argument("--model", required=True, help="run, checkpoint or model folder")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--joint", action="store_true", help="also fill all masks together by iterative unmasking")
+
+
+def _sample_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True)
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-new-tokens", type=int, default=60)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _quickstart_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs/quickstart")
+    p.add_argument("--corpus", default=None, help="text file to use instead of the embedded Tiny Shakespeare")
+    p.add_argument("--max-steps", type=int, default=600, help="optimizer steps per model (the same for both)")
+    p.add_argument("--time-budget", type=float, default=120.0,
+                   help="safety cap in training seconds per model; a model that hits it stops early and says so")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _convert_arguments(p: argparse.ArgumentParser) -> None:
+    way = p.add_mutually_exclusive_group(required=True)
     way.add_argument("--from-hf", metavar="DIR", help="Hugging Face folder (or hf:ORG/NAME in the local cache)")
     way.add_argument("--to-hf", metavar="DIR", help="twinlm model, checkpoint or run folder")
-    cv.add_argument("--family", default=None, help="with --to-hf: bert | roberta | distilbert | gpt2 | llama "
-                    "(default: the family it was imported from)")
-    cv.add_argument("--out", required=True, help="folder to write")
-    from .cli_tasks import add_parsers
-
-    add_parsers(sub, fmt, _add_train_flags)
-    cli_generate.add_parsers(sub, fmt)
-    return parser
+    p.add_argument("--family", default=None, help="with --to-hf: bert | roberta | distilbert | gpt2 | llama "
+                   "(default: the family it was imported from)")
+    p.add_argument("--out", required=True, help="folder to write")
 
 
-def _train_config(args: argparse.Namespace):
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of the flags added by add_train_flags."""
     from .train import TrainConfig
 
     return TrainConfig(
@@ -153,6 +132,7 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_tokenizer(args: argparse.Namespace) -> None:
+    """Run `twinlm tokenizer train`."""
     from .tokenizer import train_tokenizer
 
     if args.tokenizer_command != "train":
@@ -166,6 +146,7 @@ def cmd_tokenizer(args: argparse.Namespace) -> None:
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
+    """Run `twinlm prepare`."""
     from .data.corpus import prepare_corpus
     from .tokenizer import load_tokenizer
 
@@ -177,13 +158,14 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
+    """Run `twinlm pretrain`."""
     from .pretrain import PretrainOptions
     from .runs import pretrain_run
 
     opts = PretrainOptions(objective=args.objective, seq_len=args.seq_len, mask_prob=args.mask_prob,
                            whole_word=args.whole_word, fixed_count=args.fixed_count, hybrid=args.hybrid,
                            mlm_ratio=args.mlm_ratio, eval_blocks=args.eval_blocks)
-    result = pretrain_run(args.data, args.out, args.preset, opts, _train_config(args), resume=args.resume,
+    result = pretrain_run(args.data, args.out, args.preset, opts, train_config(args), resume=args.resume,
                           model_overrides={"dropout": args.dropout, "norm": args.norm})
     if result is not None:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
@@ -193,6 +175,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> None:
+    """Run `twinlm fill-mask`."""
     from .pipelines import fill_mask, fill_mask_joint, load_pretrained
 
     model, tok = load_pretrained(args.model)
@@ -211,6 +194,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    """Run `twinlm sample`."""
     from .pipelines import load_pretrained, sample
 
     model, tok = load_pretrained(args.model)
@@ -219,6 +203,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 
 def cmd_quickstart(args: argparse.Namespace) -> None:
+    """Run `twinlm quickstart`."""
     from .quickstart import quickstart
 
     quickstart(args.out, corpus=args.corpus, time_budget=args.time_budget, max_steps=args.max_steps,
@@ -226,6 +211,7 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 def cmd_convert(args: argparse.Namespace) -> None:
+    """Run `twinlm convert`."""
     from .loading import convert_from_hf, convert_to_hf
 
     if args.from_hf:
@@ -238,22 +224,34 @@ def cmd_convert(args: argparse.Namespace) -> None:
         print(f"exported {args.to_hf} as {family} -> Hugging Face folder {path}")
 
 
-COMMANDS = {
-    "tokenizer": cmd_tokenizer,
-    "prepare": cmd_prepare,
-    "pretrain": cmd_pretrain,
-    "fill-mask": cmd_fill_mask,
-    "sample": cmd_sample,
-    "quickstart": cmd_quickstart,
-    "convert": cmd_convert,
-    "generate": cli_generate.cmd_generate,
-    "score": cli_generate.cmd_score,
-    "finetune": lambda args: cli_tasks.cmd_finetune(args, _train_config),
-    "evaluate": lambda args: cli_tasks.cmd_evaluate(args),
-    "classify": lambda args: cli_tasks.cmd_classify(args),
-    "answer": lambda args: cli_tasks.cmd_answer(args),
-    "tag": lambda args: cli_tasks.cmd_tag(args),
-}
+COMMANDS = [
+    Command("quickstart", "tokenizer + tiny MLM + tiny CLM on Tiny Shakespeare, side by side",
+            examples=("twinlm quickstart --out runs/quickstart",
+                      "twinlm quickstart --corpus my_corpus.txt --max-steps 300 --out runs/mine"),
+            add_arguments=_quickstart_arguments, run=cmd_quickstart),
+    Command("tokenizer", "train a tokenizer (WordPiece, byte-level BPE or char)",
+            examples=("twinlm tokenizer train --kind bpe --vocab-size 8000 --out tok/ corpus.txt",),
+            add_arguments=_tokenizer_arguments, run=cmd_tokenizer),
+    Command("prepare", "tokenize text into memory-mapped train/val shards",
+            examples=("twinlm prepare corpus.txt more.jsonl --tokenizer tok/ --out data/ --val-fraction 0.05",),
+            add_arguments=_prepare_arguments, run=cmd_prepare),
+    Command("pretrain", "pretrain an MLM, CLM or hybrid model",
+            examples=("twinlm pretrain --objective mlm --preset tiny --data data/ --out runs/mlm --max-steps 2000",
+                      "twinlm pretrain --objective hybrid --hybrid clm:4,mlm:16,clm:4 --data data/ --out runs/hybrid",
+                      "twinlm pretrain --objective clm --data data/ --out runs/clm --resume auto   # continue a run"),
+            add_arguments=_pretrain_arguments, run=cmd_pretrain),
+    Command("fill-mask", "top-k predictions for each [MASK] (masked model)",
+            examples=('twinlm fill-mask --model runs/mlm "To be or not to [MASK]."',
+                      'twinlm fill-mask --model runs/mlm --joint "The [MASK] of France is [MASK]."'),
+            add_arguments=_fill_mask_arguments, run=cmd_fill_mask),
+    Command("sample", "continue a prompt (causal model)",
+            examples=('twinlm sample --model runs/clm --prompt "ROMEO:" --max-new-tokens 60 --temperature 0.8',),
+            add_arguments=_sample_arguments, run=cmd_sample),
+    Command("convert", "convert between Hugging Face and twinlm model folders",
+            examples=("twinlm convert --from-hf ../shared/data/checkpoints/all-MiniLM-L6-v2 --out models/minilm",
+                      "twinlm convert --to-hf models/minilm --out hf/minilm   # back, as the family it came from"),
+            add_arguments=_convert_arguments, run=cmd_convert),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -264,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        COMMANDS[args.command](args)
+        commands()[args.command].run(args)
     except TwinLMError as exc:
         print(f"twinlm: error: {exc}", file=sys.stderr)
         return 2

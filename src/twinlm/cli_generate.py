@@ -10,23 +10,11 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from .cli_registry import Command
 from .errors import ConfigError, DataError
 
-EXAMPLES = {
-    "generate": 'twinlm generate --model runs/clm --prompt "ROMEO:" --max-new-tokens 60 --top-p 0.9 '
-                "--temperature 0.8 --stream",
-    "score": "twinlm score --model runs/clm --data ../shared/data/text/wikitext-2/test.raw.txt --stride 128",
-}
 
-
-def _epilog(name: str) -> str:
-    return f"example:\n  {EXAMPLES[name]}"
-
-
-def add_parsers(sub: argparse._SubParsersAction, fmt: type) -> None:
-    """Register `generate` and `score` on the main parser's sub-parsers."""
-    ge = sub.add_parser("generate", help="continue prompts with a causal model (or mask-predict with a masked one)",
-                        epilog=_epilog("generate"), formatter_class=fmt)
+def _generate_arguments(ge: argparse.ArgumentParser) -> None:
     ge.add_argument("--model", required=True, help="run, checkpoint or model folder")
     src = ge.add_mutually_exclusive_group()
     src.add_argument("--prompt", default=None, help="the text to continue (empty: start from BOS/EOS)")
@@ -56,8 +44,8 @@ def add_parsers(sub: argparse._SubParsersAction, fmt: type) -> None:
                    help="masked model: fill --max-new-tokens [MASK]s after the prompt by iterative unmasking")
     g.add_argument("--steps", type=int, default=10, help="mask-predict iterations")
 
-    sc = sub.add_parser("score", help="perplexity and bits per byte (causal) or pseudo-perplexity (masked) of a text",
-                        epilog=_epilog("score"), formatter_class=fmt)
+
+def _score_arguments(sc: argparse.ArgumentParser) -> None:
     sc.add_argument("--model", required=True)
     sc.add_argument("--data", required=True, help="UTF-8 text file (.txt, .txt.gz) scored as one text")
     sc.add_argument("--paradigm", default=None, choices=["causal", "masked"],
@@ -201,3 +189,19 @@ def cmd_score(args: argparse.Namespace) -> None:
             print(f"{key:22} {value:.4f}" if isinstance(value, float) else f"{key:22} {value}")
     for token, lp in result.get("per_token", []):
         print(f"{lp:10.4f}  {token!r}")
+
+
+COMMANDS = [
+    Command("generate", "continue prompts with a causal model (or mask-predict with a masked one)",
+            examples=('twinlm generate --model runs/clm --prompt "ROMEO:" --max-new-tokens 60 --top-p 0.9 '
+                      "--temperature 0.8 --stream",
+                      "twinlm generate --model runs/clm --prompts-file prompts.jsonl --out generations.jsonl "
+                      "--num-beams 4",
+                      'twinlm generate --model runs/mlm --prompt "Once upon a time" --mask-predict '
+                      "--max-new-tokens 20 --steps 10"),
+            add_arguments=_generate_arguments, run=cmd_generate),
+    Command("score", "perplexity and bits per byte (causal) or pseudo-perplexity (masked) of a text",
+            examples=("twinlm score --model runs/clm --data ../shared/data/text/wikitext-2/test.raw.txt --stride 128",
+                      "twinlm score --model runs/mlm --data held_out.txt --json   # pseudo-perplexity"),
+            add_arguments=_score_arguments, run=cmd_score),
+]

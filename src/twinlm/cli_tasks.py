@@ -7,20 +7,9 @@ import json
 import sys
 from pathlib import Path
 
+from .cli import add_train_flags, train_config
+from .cli_registry import Command
 from .errors import TwinLMError
-
-EXAMPLES = {
-    "finetune": ("twinlm finetune --task classify --init ../shared/data/checkpoints/all-MiniLM-L6-v2 "
-                 "--train sst2_train.tsv --eval sst2_dev.tsv --out runs/sst2 --epochs 2"),
-    "evaluate": "twinlm evaluate --task classify --model runs/sst2 --data sst2_dev.tsv",
-    "classify": 'twinlm classify --model runs/sst2 "a charming and often affecting journey"',
-    "answer": 'twinlm answer --model runs/squad --question "Who won?" --context "The Broncos won the game."',
-    "tag": 'twinlm tag --model runs/conll "EU rejects German call to boycott British lamb ."',
-}
-
-
-def _epilog(name: str) -> str:
-    return f"example:\n  {EXAMPLES[name]}"
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
@@ -33,10 +22,7 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--problem", default="single_label", choices=["single_label", "multi_label", "regression"])
 
 
-def add_parsers(sub: argparse._SubParsersAction, fmt: type, train_flags) -> None:
-    """Register the task commands on the main parser's sub-parsers."""
-    ft = sub.add_parser("finetune", help="fine-tune an encoder (or decoder) for classify, qa or ner",
-                        epilog=_epilog("finetune"), formatter_class=fmt)
+def _finetune_arguments(ft: argparse.ArgumentParser) -> None:
     ft.add_argument("--task", required=True, help="classify | qa | ner")
     ft.add_argument("--init", required=True, help="twinlm run/model folder or Hugging Face folder to start from")
     ft.add_argument("--train", required=True, help="TSV/CSV/JSONL (classify), SQuAD JSON (qa), CoNLL (ner)")
@@ -48,36 +34,32 @@ def add_parsers(sub: argparse._SubParsersAction, fmt: type, train_flags) -> None
     ft.add_argument("--max-eval-rows", type=int, default=None)
     ft.add_argument("--dropout", type=float, default=0.1, help="backbone dropout while fine-tuning")
     _data_flags(ft)
-    train_flags(ft)
-    ft.set_defaults(lr=5e-5, warmup_steps=0, batch_size=32, eval_every=10**9, save_every=10**9)
-
-    ev = sub.add_parser("evaluate", help="metrics of a fine-tuned model on a labelled file",
-                        epilog=_epilog("evaluate"), formatter_class=fmt)
-    ev.add_argument("--task", required=True)
-    ev.add_argument("--model", required=True)
-    ev.add_argument("--data", required=True)
-    ev.add_argument("--out", default=None, help="metrics JSON file (default: MODEL/eval_<file>.json)")
-    ev.add_argument("--max-rows", type=int, default=None)
-    ev.add_argument("--batch-size", type=int, default=64)
-
-    cl = sub.add_parser("classify", help="label texts with a fine-tuned classifier", epilog=_epilog("classify"),
-                        formatter_class=fmt)
-    cl.add_argument("texts", nargs="+")
-    cl.add_argument("--model", required=True)
-
-    an = sub.add_parser("answer", help="extract an answer span from a context", epilog=_epilog("answer"),
-                        formatter_class=fmt)
-    an.add_argument("--model", required=True)
-    an.add_argument("--question", required=True)
-    an.add_argument("--context", required=True, help="the text, or @FILE to read it from a file")
-
-    tg = sub.add_parser("tag", help="named entities with character offsets", epilog=_epilog("tag"),
-                        formatter_class=fmt)
-    tg.add_argument("texts", nargs="+")
-    tg.add_argument("--model", required=True)
+    add_train_flags(ft)
+    ft.set_defaults(lr=5e-5, warmup_steps=0, batch_size=32, eval_every=None, save_every=None)  # per epoch; at the end
 
 
-def cmd_finetune(args: argparse.Namespace, train_config) -> None:
+def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", default=None, help="metrics JSON file (default: MODEL/eval_<file>.json)")
+    p.add_argument("--max-rows", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+
+
+def _texts_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("texts", nargs="+")
+    p.add_argument("--model", required=True)
+
+
+def _answer_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True)
+    p.add_argument("--question", required=True)
+    p.add_argument("--context", required=True, help="the text, or @FILE to read it from a file")
+
+
+def cmd_finetune(args: argparse.Namespace) -> None:
+    """Run `twinlm finetune`."""
     from .finetune import FinetuneOptions, finetune_run
 
     opts = FinetuneOptions(task=args.task, max_seq_len=args.max_seq_len, doc_stride=args.doc_stride,
@@ -95,6 +77,7 @@ def cmd_finetune(args: argparse.Namespace, train_config) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    """Run `twinlm evaluate`."""
     from .finetune import _opts_for, build_data, score_task, task_info
     from .loading import load_task_model
 
@@ -113,6 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_classify(args: argparse.Namespace) -> None:
+    """Run `twinlm classify`."""
     from .finetune import classify
     from .loading import load_task_model
 
@@ -122,6 +106,7 @@ def cmd_classify(args: argparse.Namespace) -> None:
 
 
 def cmd_answer(args: argparse.Namespace) -> None:
+    """Run `twinlm answer`."""
     from .finetune import answer
     from .loading import load_task_model
 
@@ -136,6 +121,7 @@ def cmd_answer(args: argparse.Namespace) -> None:
 
 
 def cmd_tag(args: argparse.Namespace) -> None:
+    """Run `twinlm tag`."""
     from .finetune import tag
     from .loading import load_task_model
 
@@ -143,3 +129,28 @@ def cmd_tag(args: argparse.Namespace) -> None:
     for text, found in zip(args.texts, tag(model, tok, args.texts), strict=True):
         json.dump({"text": text, "entities": found}, sys.stdout)
         print()
+
+
+COMMANDS = [
+    Command("finetune", "fine-tune an encoder (or decoder) for classify, qa or ner",
+            examples=("twinlm finetune --task classify --init ../shared/data/checkpoints/all-MiniLM-L6-v2 "
+                      "--train sst2_train.tsv --eval sst2_dev.tsv --out runs/sst2 --epochs 2",
+                      "twinlm finetune --task qa --init runs/mlm --train squad_train.json --eval squad_dev.json "
+                      "--out runs/qa --max-seq-len 256 --doc-stride 96",
+                      "twinlm finetune --task ner --init runs/mlm --train eng.train --eval eng.testa --out runs/ner"),
+            add_arguments=_finetune_arguments, run=cmd_finetune),
+    Command("evaluate", "metrics of a fine-tuned model on a labelled file",
+            examples=("twinlm evaluate --task classify --model runs/sst2 --data sst2_dev.tsv",
+                      "twinlm evaluate --task qa --model runs/qa --data squad_dev.json --out qa_dev.json"),
+            add_arguments=_evaluate_arguments, run=cmd_evaluate),
+    Command("classify", "label texts with a fine-tuned classifier",
+            examples=('twinlm classify --model runs/sst2 "a charming and often affecting journey" "a dull mess"',),
+            add_arguments=_texts_arguments, run=cmd_classify),
+    Command("answer", "extract an answer span from a context",
+            examples=('twinlm answer --model runs/squad --question "Who won?" --context "The Broncos won the game."',
+                      'twinlm answer --model runs/squad --question "Who won?" --context @article.txt'),
+            add_arguments=_answer_arguments, run=cmd_answer),
+    Command("tag", "named entities with character offsets",
+            examples=('twinlm tag --model runs/conll "EU rejects German call to boycott British lamb ."',),
+            add_arguments=_texts_arguments, run=cmd_tag),
+]
