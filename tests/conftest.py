@@ -9,6 +9,10 @@ import pytest
 import torch
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
+# Tests never touch the network: hf:ORG/NAME resolution and transformers stay on the local cache (tests that
+# exercise a download replace the hub client with a fake).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
 def shared_data_dir() -> Path:

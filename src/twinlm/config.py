@@ -67,7 +67,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if "objective" in self.extra:  # config.json files written before the typed field kept it among the notes
             extra = dict(self.extra)
-            self.objective = self.objective or extra.pop("objective")
+            old = extra.pop("objective")  # always dropped, so it is never saved twice
+            self.objective = self.objective or old
             self.extra = extra
         if self.objective is None:
             self.objective = DEFAULT_OBJECTIVE.get(self.attention)
