@@ -26,7 +26,7 @@ LAYERS: list[list[str]] = [
     ["attention"],  # 2
     ["model"],  # 3: the backbone
     ["objectives", "heads", "data.readers", "evaluate", "plots"],  # 4: what sits on the backbone, plain helpers
-    ["tokenizer", "data.corpus", "data.blocks", "data.tasks"],  # 5: text -> ids
+    ["tokenizer", "textstream", "data.corpus", "data.blocks", "data.tasks"],  # 5: text -> ids
     ["checkpoint", "runfolder", "hf", "hf.*"],  # 6: model folders on disk: twinlm and Hugging Face formats
     ["loading"],  # 7: the one door in for a model
     ["train"],  # 8

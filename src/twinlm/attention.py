@@ -17,6 +17,7 @@ under the causal mask) gives a finite, ignorable output rather than NaN.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +132,29 @@ class KVBuffer:
         k[:, :, :live] = self.k[:, :, :live].index_select(0, index)
         v[:, :, :live] = self.v[:, :, :live].index_select(0, index)
         self.k, self.v = k, v
+
+    @classmethod
+    def stacked(cls, parts: Sequence[tuple[KVBuffer, int]], capacity: int) -> KVBuffer:
+        """One buffer of ``capacity`` positions holding the rows of every (buffer, offset) part in order, each
+        part's filled positions moved ``offset`` positions to the right (continuous batching aligns batches so)."""
+        first = parts[0][0].k
+        out = cls(sum(p.k.size(0) for p, _ in parts), first.size(1), capacity, first.size(3), first.dtype,
+                  first.device)
+        # The padding in front of a part is masked, but its keys must be finite: 0 * NaN would still be NaN.
+        out.k.zero_()
+        out.v.zero_()
+        row = 0
+        for part, offset in parts:
+            rows, end = part.k.size(0), offset + part.length
+            out.k[row:row + rows, :, offset:end] = part.k[:, :, :part.length]
+            out.v[row:row + rows, :, offset:end] = part.v[:, :, :part.length]
+            out.length, row = max(out.length, end), row + rows
+        return out
+
+    def trim(self, n: int) -> None:
+        """Forget the first ``n`` positions (key columns no row uses any more): a view, nothing is copied."""
+        self.k, self.v = self.k[:, :, n:], self.v[:, :, n:]
+        self.length = max(self.length - n, 0)
 
 
 KVCache = tuple[torch.Tensor, torch.Tensor] | KVBuffer

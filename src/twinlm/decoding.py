@@ -5,14 +5,15 @@ Causal decoding is a prefill pass over the (left-padded) prompts followed by one
 keys and values of all earlier positions, held in pre-allocated ``attention.KVBuffer``s. Every step the raw
 next-token logits go through the logits processors (twinlm.processors) and the next token is the argmax (greedy)
 or a draw from the softmax with a seeded generator. Beam search (twinlm.beam) drives the same Decoder, reordering
-its rows between steps. The entry points generate / generate_ids / stream are in twinlm.generate.
+its rows between steps, and so does the server's continuous batching (twinlm.serve.generation), dropping and
+joining rows between steps. The entry points generate / generate_ids / stream are in twinlm.generate.
 """
 
 from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,7 @@ from .attention import KVBuffer
 from .config import require
 from .errors import ConfigError
 from .model import LanguageModel
-from .processors import GenerationConfig, apply_processors, build_processors
+from .processors import GenerationConfig, LogitsProcessor, apply_processors, build_processors
 from .tokenizer import Tokenizer
 
 
@@ -131,6 +132,25 @@ def head_logits(model: LanguageModel, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+_NEVER = 2**62  # a column no batch reaches: no row's token budget runs out before the batch's end
+
+
+@dataclass(eq=False)
+class _Lane:
+    """The rows of one original Decoder: its GenerationConfig, processors, stop ids and one shared generator."""
+
+    config: GenerationConfig
+    procs: list[LogitsProcessor]
+    stop_ids: torch.Tensor
+    generator: torch.Generator | None
+    rows: torch.Tensor | None = None  # the lane's row indices; None while it is the only lane (every row)
+
+    def key(self) -> tuple | None:
+        """Greedy lanes with equal keys choose tokens alike and may merge; a sampling lane owns its generator."""
+        c = self.config
+        return None if c.do_sample else (c.repetition_penalty, c.no_repeat_ngram_size, tuple(self.stop_ids.tolist()))
+
+
 class Decoder:
     """Batched, KV-cached left-to-right decoding of token-id prompts, one step at a time.
 
@@ -138,6 +158,13 @@ class Decoder:
     the attention mask covers every key (prompt padding included). Finished rows keep receiving the pad token,
     whose outputs are ignored, so the batch stays rectangular. Beam search chooses the tokens itself and moves
     rows around with reorder() before feed().
+
+    Continuous batching (twinlm.serve) changes the batch between steps: drop() removes rows, join() appends those
+    of a separately prefilled Decoder. So each row has its own start column and token budget (``starts``,
+    ``limits``) and belongs to a lane, the rows of one original Decoder with its config, processors and generator:
+    every row gets the tokens its own Decoder would give it (up to float rounding in the batched forward). A lane's
+    sampled rows share its generator, so drop whole lanes (one request each in the server) to keep seeded draws
+    reproducible. With one lane, the usual case, a step does the same work as a Decoder that never joins.
     """
 
     def __init__(self, model: LanguageModel, prompts: Sequence[Sequence[int]], config: GenerationConfig,
@@ -149,7 +176,6 @@ class Decoder:
         self.config = config
         self.pad_id = pad_id
         self.on_logits = on_logits  # sees the raw logits of every step (tests compare them to full passes)
-        self.procs = build_processors(config)
         device = model_device(model)
         self.device = device
         B, P = len(prompts), max(len(p) for p in prompts)
@@ -160,15 +186,22 @@ class Decoder:
         for b, p in enumerate(prompts):
             self.ids[b, P - len(p):P] = torch.as_tensor(list(p), dtype=torch.long)
             self.mask[b, P - len(p):P] = 1
-        self.prompt_len = P
+        self.prompt_len = P  # the column where the first batch's new tokens start
         self.length = P
-        self.stop_ids = torch.as_tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
+        # Per row: the column of its first new token and the column at which its token budget is spent.
+        self.starts = torch.full((B,), P, dtype=torch.long, device=device)
+        self.limits = self.starts + config.max_new_tokens
+        self.end = total  # max(limits): the batch is done at this length
+        self._soonest = total  # min(limits) still ahead: step() finishes rows whose budget is spent from here on
         self.finished = torch.zeros(B, dtype=torch.bool, device=device)
         self.stopped = torch.zeros(B, dtype=torch.bool, device=device)  # finished by a stop token or string
         self.new_counts = torch.zeros(B, dtype=torch.long, device=device)
-        self.generator = None
+        generator = None
         if config.do_sample and config.seed is not None:
-            self.generator = torch.Generator(device=device).manual_seed(config.seed)
+            generator = torch.Generator(device=device).manual_seed(config.seed)
+        stops = torch.as_tensor(sorted(set(stop_ids)), dtype=torch.long, device=device)
+        self.lanes = [_Lane(config, build_processors(config), stops, generator)]
+        self._lane_of: list[int] | None = None  # each row's lane; kept only while there are several lanes
         c = model.config
         dtype = next(model.parameters()).dtype
         # Pre-allocated for the whole generation: each step writes its keys in place instead of torch.cat-copying.
@@ -176,9 +209,14 @@ class Decoder:
         self.next_logits: torch.Tensor | None = None
 
     @property
+    def batch_size(self) -> int:
+        """The number of rows now in the batch."""
+        return self.ids.size(0)
+
+    @property
     def done(self) -> bool:
-        """True when every row has finished or the token budget is spent."""
-        return bool(self.finished.all()) or self.length - self.prompt_len >= self.config.max_new_tokens
+        """True when every row has finished or every row's token budget is spent."""
+        return bool(self.finished.all()) or self.length >= self.end
 
     def _forward(self, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         mask = self.mask[:, :self.length]
@@ -194,29 +232,59 @@ class Decoder:
         self.next_logits = self._forward(self.ids[:, :self.length], positions)
 
     def processed_logits(self) -> torch.Tensor:
-        """The next-token logits of every row after the logits processors (prefilling on first use)."""
+        """The next-token logits of every row after its lane's logits processors (prefilling on first use)."""
         if self.next_logits is None:
             self.prefill()
         logits = self.next_logits
         if self.on_logits is not None:
             self.on_logits(self.length - self.prompt_len, logits)
-        return apply_processors(self.procs, self.ids[:, :self.length], self.mask[:, :self.length], logits)
+        ids, mask = self.ids[:, :self.length], self.mask[:, :self.length]
+        if len(self.lanes) == 1:
+            return apply_processors(self.lanes[0].procs, ids, mask, logits)
+        out = logits.clone() if any(lane.procs for lane in self.lanes) else logits
+        for lane in self.lanes:
+            if lane.procs:
+                out[lane.rows] = apply_processors(lane.procs, ids[lane.rows], mask[lane.rows], logits[lane.rows])
+        return out
 
     def step(self) -> torch.Tensor:
         """Choose, record and feed one token per row; returns the (B,) chosen tokens (pad for finished rows)."""
         logits = self.processed_logits()
-        if self.config.do_sample:
-            nxt = torch.multinomial(logits.softmax(-1), 1, generator=self.generator).squeeze(1)
+        if len(self.lanes) == 1:
+            nxt = _choose(self.lanes[0], logits)
         else:
-            nxt = logits.argmax(-1)
+            nxt = logits.argmax(-1)  # every greedy lane at once; sampling lanes overwrite their rows
+            for lane in self.lanes:
+                if lane.config.do_sample:
+                    nxt[lane.rows] = _choose(lane, logits[lane.rows])
         nxt = torch.where(self.finished, torch.full_like(nxt, self.pad_id), nxt)
-        if self.stop_ids.numel():
-            hit = torch.isin(nxt, self.stop_ids) & ~self.finished
+        hit = self._stop_hits(nxt)
+        if hit is not None:
+            hit &= ~self.finished
             self.stopped |= hit
             self.finished |= hit
         self.new_counts += (~self.finished).long()  # a stop token is not part of the output
         self.feed(nxt)
+        if self.length >= self._soonest:
+            self._expire()
         return nxt
+
+    def _stop_hits(self, tokens: torch.Tensor) -> torch.Tensor | None:
+        """Which rows' tokens are stop tokens of their lane (None when no lane has any)."""
+        if len(self.lanes) == 1:
+            stops = self.lanes[0].stop_ids
+            return torch.isin(tokens, stops) if stops.numel() else None
+        hit = torch.zeros_like(self.finished)
+        for lane in self.lanes:
+            if lane.stop_ids.numel():
+                hit[lane.rows] = torch.isin(tokens[lane.rows], lane.stop_ids)
+        return hit
+
+    def _expire(self) -> None:
+        """Finish the rows whose token budget is spent and note the next column where one runs out."""
+        self.finished |= self.limits <= self.length
+        ahead = self.limits[self.limits > self.length]
+        self._soonest = int(ahead.min()) if ahead.numel() else _NEVER
 
     def feed(self, tokens: torch.Tensor) -> None:
         """Append one token per row and compute the next step's logits (unless the token budget is spent)."""
@@ -238,8 +306,96 @@ class Decoder:
         self.finished = self.finished.index_select(0, index)
         self.stopped = self.stopped.index_select(0, index)
         self.new_counts = self.new_counts.index_select(0, index)
+        self.starts = self.starts.index_select(0, index)
+        self.limits = self.limits.index_select(0, index)
         if self.next_logits is not None:
             self.next_logits = self.next_logits.index_select(0, index)
+        if self._lane_of is not None:
+            self._set_lanes([self._lane_of[i] for i in index.tolist()])
+
+    def drop(self, rows: Iterable[int]) -> None:
+        """Remove ``rows`` (finished or cancelled) between steps; the others keep their order, tokens, cache and
+        pending logits, and the leading key columns that only the removed rows used are released."""
+        gone = set(rows)
+        if not gone:
+            return
+        keep = [i for i in range(self.batch_size) if i not in gone]
+        self.reorder(torch.tensor(keep, dtype=torch.long, device=self.device))
+        # argmax finds the first column some remaining row uses (every row has at least one prompt token).
+        first = int(self.mask[:, :self.length].any(0).int().argmax()) if keep else self.length
+        if first:
+            self._release(first)
+
+    def join(self, other: Decoder) -> None:
+        """Append the rows of ``other`` (prefilled separately, e.g. a new request) to this batch between steps.
+
+        The two batches are right-aligned on a common column count, the shorter one getting left padding that its
+        mask hides, so every row keeps its positions, cached keys and pending logits; ``other``'s lanes (config,
+        processors, generator) come along. ``other`` must not be used afterwards.
+        """
+        if other.model is not self.model:
+            raise ValueError("join() needs two Decoders of the same model")
+        for dec in (self, other):
+            if dec.next_logits is None and dec.batch_size:
+                dec.prefill()
+            if dec.batch_size and dec.cache[0].length != dec.length:
+                raise ValueError("cannot join a batch whose rows have all finished; drop() them first")
+        if not self.batch_size:  # nothing left to align with: continue as ``other``
+            self.__dict__.update(other.__dict__)
+            return
+        B1, L, n = self.batch_size, self.length, other.length
+        width = max(L, n)
+        a, b = width - L, width - n  # columns of left padding for self's and other's rows
+        self.starts = torch.cat([self.starts + a, other.starts + b])
+        self.limits = torch.cat([self.limits + a, other.limits + b])
+        capacity = max(int(self.limits.max()), width)
+        ids = torch.full((B1 + other.batch_size, capacity), self.pad_id, dtype=torch.long, device=self.device)
+        mask = torch.zeros_like(ids)
+        ids[:B1, a:width], mask[:B1, a:width] = self.ids[:, :L], self.mask[:, :L]
+        ids[B1:, b:width], mask[B1:, b:width] = other.ids[:, :n], other.mask[:, :n]
+        self.ids, self.mask = ids, mask
+        self.cache = [KVBuffer.stacked([(mine, a), (theirs, b)], capacity)
+                      for mine, theirs in zip(self.cache, other.cache, strict=True)]
+        for name in ("finished", "stopped", "new_counts", "next_logits"):
+            setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
+        self.length, self.prompt_len = width, self.prompt_len + a
+        self.end = capacity
+        self._expire()
+        theirs = [len(self.lanes) + k for k in (other._lane_of or [0] * other.batch_size)]
+        lane_of = (self._lane_of or [0] * B1) + theirs
+        self.lanes = self.lanes + other.lanes
+        # Greedy lanes with equal processors and stop ids merge, so all-greedy traffic keeps the one-lane step.
+        first_of: dict[tuple, int] = {}
+        target = []
+        for k, lane in enumerate(self.lanes):
+            key = lane.key()
+            target.append(k if key is None else first_of.setdefault(key, k))
+        self._set_lanes([target[k] for k in lane_of])
+
+    def _set_lanes(self, lane_of: list[int]) -> None:
+        """Give each lane its row indices (``lane_of[i]`` is row i's lane in self.lanes); lanes without rows go."""
+        used = sorted(set(lane_of))
+        if len(used) <= 1:
+            self.lanes = [self.lanes[used[0] if used else 0]]
+            self.lanes[0].rows, self._lane_of = None, None
+            return
+        self.lanes = [self.lanes[k] for k in used]
+        renumber = {k: i for i, k in enumerate(used)}
+        self._lane_of = [renumber[k] for k in lane_of]
+        for i, lane in enumerate(self.lanes):
+            rows = [r for r, k in enumerate(self._lane_of) if k == i]
+            lane.rows = torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def _release(self, n: int) -> None:
+        """Forget the first ``n`` columns, which no row uses any more: views, nothing is copied."""
+        self.ids, self.mask = self.ids[:, n:], self.mask[:, n:]
+        for layer in self.cache:
+            layer.trim(n)
+        self.starts, self.limits = self.starts - n, self.limits - n
+        self.length -= n
+        self.prompt_len -= n
+        self.end -= n
+        self._soonest -= n
 
     def finish(self, row: int) -> None:
         """Mark a row finished from outside (a stop string)."""
@@ -248,67 +404,12 @@ class Decoder:
 
     def new_tokens(self, row: int) -> list[int]:
         """The tokens generated for ``row`` so far, without the stop token and the padding after it."""
-        n = int(self.new_counts[row])
-        return self.ids[row, self.prompt_len:self.prompt_len + n].tolist()
+        start, n = int(self.starts[row]), int(self.new_counts[row])
+        return self.ids[row, start:start + n].tolist()
 
 
-# ---------------------------------------------------------------------------------------------- text
-
-
-def cut_at_stop(text: str, stop_strings: Sequence[str]) -> tuple[str, bool]:
-    """``text`` up to the earliest stop string, and whether one was found."""
-    cuts = [i for i in (text.find(s) for s in stop_strings) if i >= 0]
-    return (text[:min(cuts)], True) if cuts else (text, False)
-
-
-def _held_back(text: str, stop_strings: Sequence[str]) -> int:
-    """How many trailing characters of ``text`` could still be the start of a stop string."""
-    hold = 0
-    for s in stop_strings:
-        for n in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:n]):
-                hold = max(hold, n)
-                break
-    return hold
-
-
-class TextStream:
-    """Turns a growing list of token ids into text pieces that are safe to show now.
-
-    A byte-level BPE token can hold part of a multi-byte UTF-8 character; decoding such a prefix gives U+FFFD, so
-    text is only released once it no longer ends in an incomplete character. Text that could be the start of a
-    stop string is held back until it is known not to be one. The pieces join to the final text exactly.
-    """
-
-    def __init__(self, tokenizer: Tokenizer, stop_strings: Sequence[str] = ()) -> None:
-        self.tokenizer = tokenizer
-        self.stop_strings = tuple(stop_strings)
-        self.ids: list[int] = []
-        self.emitted = ""
-        self.stopped = False
-
-    def text(self) -> str:
-        """The text so far, cut before a stop string (setting ``stopped`` when one is found)."""
-        text, hit = cut_at_stop(self.tokenizer.decode(self.ids), self.stop_strings)
-        self.stopped |= hit
-        return text
-
-    def push(self, ids: Sequence[int]) -> str:
-        """Add tokens; return the newly showable text ('' when nothing is safe to show yet)."""
-        self.ids.extend(int(i) for i in ids)
-        text = self.text()
-        if self.stopped:
-            return self._release(text)
-        safe = text.rstrip("\ufffd")
-        return self._release(safe[:len(safe) - _held_back(safe, self.stop_strings)])
-
-    def finish(self) -> str:
-        """Whatever remains once no more tokens will come."""
-        return self._release(self.text())
-
-    def _release(self, safe: str) -> str:
-        # Decoders that rewrite earlier text (e.g. WordPiece clean-up) could break the prefix; then wait.
-        if len(safe) <= len(self.emitted) or not safe.startswith(self.emitted):
-            return ""
-        piece, self.emitted = safe[len(self.emitted):], safe
-        return piece
+def _choose(lane: _Lane, logits: torch.Tensor) -> torch.Tensor:
+    """The lane's next tokens from its processed logits: a draw with its generator, or the argmax."""
+    if lane.config.do_sample:
+        return torch.multinomial(logits.softmax(-1), 1, generator=lane.generator).squeeze(1)
+    return logits.argmax(-1)

@@ -25,10 +25,8 @@ from .beam import beam_search, beam_search_batch
 from .decoding import (
     Decoder,
     Generation,
-    TextStream,
     TruncationWarning,
     check_causal,
-    cut_at_stop,
     encode_prompts,
     fit_prompts,
     head_logits,
@@ -49,6 +47,7 @@ from .processors import (
     top_k,
     top_p,
 )
+from .textstream import TextStream, cut_at_stop
 from .tokenizer import Tokenizer
 
 __all__ = [

@@ -1,19 +1,17 @@
-"""Continuous batching: concurrent completions share one KV-cached decoding loop per model.
+"""Continuous batching: concurrent completions share one ``twinlm.decoding.Decoder`` per model.
 
-The library's ``Decoder`` decodes a fixed batch from start to end, so a new request would wait for the whole batch.
-This loop keeps a live batch instead. Between two decoding steps it
+The Engine is a scheduler; the decoding itself (prefill, KV cache, padding, processors, the choice of each token) is
+the library's one Decoder. Between two decoding steps the Engine
 
-1. drops rows that finished or whose client went away (their slot is free at once) and trims the key columns no
-   remaining row uses;
-2. admits waiting requests (up to ``max_streams`` rows): each prompt is prefilled alone (batch of 1, no padding,
-   exactly as ``twinlm.generate.generate`` does for one prompt) and its cache is left-padded onto the batch's;
-3. runs one forward step for every live row together: the new tokens (B, 1), each row's own position id, an
-   attention mask that hides each row's padding columns.
+1. drops the rows of requests whose client went away (``Decoder.drop``, which also frees the key columns only they
+   used);
+2. admits waiting requests (up to ``max_streams`` rows): each prompt is prefilled alone in its own Decoder, exactly
+   as ``twinlm.generate.generate`` does for one prompt, and joined onto the live batch (``Decoder.join``);
+3. runs one ``Decoder.step`` for every live row, turns each row's token into text pieces and events, and drops the
+   rows that finished (stop token, stop string, token budget).
 
-Every row has its own processors (temperature, top-k, top-p) and its own seeded generator, drawn exactly as the
-library's decoder draws for a single prompt, so a request's text does not depend on what else is being decoded
-(up to float rounding in the batched step). Limit: the batched cache grows by concatenation (one copy of the live
-cache per step) rather than in a paged buffer; fine for the small models this serves on CPU.
+A joined request keeps its own config, processors and seeded generator (its Decoder lane), so its text does not
+depend on what else is being decoded (up to float rounding in the batched step).
 """
 
 from __future__ import annotations
@@ -27,11 +25,13 @@ from typing import Any
 
 import torch
 
+from ..decoding import Decoder, stop_ids_for
+from ..textstream import TextStream
 from .limits import queue_full
 from .metrics import Metrics
 
 
-@dataclass
+@dataclass(eq=False)
 class Request:
     """One prompt's decoding state and the channel back to its caller."""
 
@@ -41,12 +41,7 @@ class Request:
     events: asyncio.Queue
     tokens: list[int] = field(default_factory=list)
     cancelled: bool = False
-    # set in the loop thread
-    procs: list = field(default_factory=list)
-    generator: torch.Generator | None = None
-    stream: Any = None
-    logits: torch.Tensor | None = None
-    stop_ids: set = field(default_factory=set)
+    stream: Any = None  # its TextStream, set in the loop thread
 
     def cancel(self) -> None:
         """Called from the request side: the loop drops the row before its next step."""
@@ -66,14 +61,13 @@ class Engine:
         self.max_streams, self.max_queue, self.retry_after = max_streams, max_queue, retry_after
         self.metrics = metrics
         self.waiting: deque[Request] = deque()
-        self.rows: list[Request] = []
+        self.rows: list[Request] = []  # row i of the decoder is rows[i]
         self.steps = 0  # batched decoding steps run (tests read it)
         self.max_rows_seen = 0
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stop = False
-        self._cache: list | None = None  # per layer (k, v): (B, H, L, d), rows right-aligned
-        self._mask: torch.Tensor | None = None  # (B, L) 1 on real key columns
+        self._decoder: Decoder | None = None  # None while no row is live
 
     # ------------------------------------------------------------------ request side
 
@@ -116,7 +110,7 @@ class Engine:
                         joining.append(self.waiting.popleft())
                     self.metrics.queue_depth.labels(self.name, "completions").set(len(self.waiting))
                 try:
-                    self._drop([r for r in self.rows if r.cancelled])
+                    self._drop([i for i, r in enumerate(self.rows) if r.cancelled])
                     for req in joining:
                         if not req.cancelled:
                             self._admit(req)
@@ -124,96 +118,46 @@ class Engine:
                     if self.rows:
                         self._step()
                 except Exception as exc:  # noqa: BLE001 - fail the live requests, keep serving later ones
-                    for req in [*self.rows, *joining]:
+                    for req in dict.fromkeys([*self.rows, *joining]):  # an admitted joiner is in both
                         req.emit("error", exc)
-                    self.rows, self._cache, self._mask = [], None, None
+                    self.rows, self._decoder = [], None
 
     def _admit(self, req: Request) -> None:
-        from ..generate import TextStream, build_processors, head_logits
-
+        """Prefill the request alone and join its row onto the live batch."""
         cfg = req.config
-        req.procs = build_processors(cfg)
-        if cfg.do_sample:
-            req.generator = torch.Generator(device=_device(self.model))
-            req.generator.manual_seed(cfg.seed if cfg.seed is not None else int(torch.randint(0, 2**62, ()).item()))
+        dec = Decoder(self.model, [req.prompt_ids], cfg, self.tokenizer.pad_id, stop_ids_for(self.tokenizer, cfg))
+        dec.prefill()
         req.stream = TextStream(self.tokenizer, cfg.stop_strings)
-        req.stop_ids = set(cfg.stop_token_ids)
-        if cfg.stop_at_eos and self.tokenizer.eos_id is not None:
-            req.stop_ids.add(self.tokenizer.eos_id)
-        x = torch.tensor([req.prompt_ids], device=_device(self.model))
-        hidden, cache = self.model.backbone(x, attention="causal")
-        req.logits = head_logits(self.model, hidden[:, -1]).float()
-        self._join(req, [(k, v) for k, v in cache])
-
-    def _join(self, req: Request, cache: list) -> None:
-        n = cache[0][0].size(2)
-        mask = torch.ones(1, n, dtype=torch.long, device=cache[0][0].device)
-        if self._cache is None:
-            self._cache, self._mask, self.rows = cache, mask, [req]
-            self.max_rows_seen = max(self.max_rows_seen, 1)
-            return
-        L = max(self._mask.size(1), n)  # type: ignore[union-attr]
-        old = [(_left_pad(k, L), _left_pad(v, L)) for k, v in self._cache]
-        new = [(_left_pad(k, L), _left_pad(v, L)) for k, v in cache]
-        self._cache = [(torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])) for a, b in zip(old, new, strict=True)]
-        self._mask = torch.cat([_left_pad(self._mask, L), _left_pad(mask, L)])  # type: ignore[arg-type]
+        if self._decoder is None:
+            self._decoder = dec
+        else:
+            self._decoder.join(dec)
         self.rows.append(req)
         self.max_rows_seen = max(self.max_rows_seen, len(self.rows))
 
-    def _drop(self, gone: list[Request]) -> None:
+    def _drop(self, gone: list[int]) -> None:
+        """Remove rows ``gone`` (indices into self.rows) from the batch."""
         if not gone:
             return
-        keep = [i for i, r in enumerate(self.rows) if r not in gone]
-        self.rows = [self.rows[i] for i in keep]
-        if not keep:
-            self._cache, self._mask = None, None
-            return
-        index = torch.tensor(keep, device=self._mask.device)  # type: ignore[union-attr]
-        mask = self._mask.index_select(0, index)  # type: ignore[union-attr]
-        first = int(mask.any(0).nonzero()[0])  # leading columns that only the dropped rows used
-        self._mask = mask[:, first:]
-        self._cache = [(k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
-                       for k, v in self._cache]  # type: ignore[union-attr]
+        drop = set(gone)
+        self.rows = [r for i, r in enumerate(self.rows) if i not in drop]
+        if self.rows:
+            self._decoder.drop(drop)  # type: ignore[union-attr]
+        else:
+            self._decoder = None
 
     def _step(self) -> None:
-        from ..generate import head_logits
-
-        chosen, finished = [], []
-        for req in self.rows:
-            token = self._choose(req)
-            done = self._record(req, token)
-            chosen.append(token)
-            if done:
-                finished.append(req)
-        live = [i for i, r in enumerate(self.rows) if r not in finished]
-        self._drop(finished)
-        if not live:
-            return
-        tokens = torch.tensor([[chosen[i]] for i in live], device=self._mask.device)  # type: ignore[union-attr]
-        positions = self._mask.sum(1, keepdim=True)  # type: ignore[union-attr]
-        self._mask = torch.cat([self._mask, torch.ones_like(positions)], dim=1)  # type: ignore[list-item]
-        hidden, cache = self.model.backbone(tokens, attention_mask=self._mask, position_ids=positions,
-                                            attention="causal", past=self._cache)
-        self._cache = list(cache)
-        logits = head_logits(self.model, hidden[:, -1]).float()
-        for row, req in enumerate(self.rows):
-            req.logits = logits[row:row + 1]
+        dec = self._decoder
+        tokens = dec.step().tolist()  # type: ignore[union-attr]
+        stopped = dec.stopped.tolist()  # type: ignore[union-attr]
         self.steps += 1
+        self._drop([i for i, req in enumerate(self.rows) if self._record(req, tokens[i], stopped[i])])
 
-    def _choose(self, req: Request) -> int:
-        from ..generate import apply_processors
-
-        ids = torch.tensor([req.prompt_ids + req.tokens], device=req.logits.device)  # type: ignore[union-attr]
-        logits = apply_processors(req.procs, ids, torch.ones_like(ids), req.logits)
-        if req.config.do_sample:
-            return int(torch.multinomial(logits.softmax(-1), 1, generator=req.generator).squeeze(1)[0])
-        return int(logits.argmax(-1)[0])
-
-    def _record(self, req: Request, token: int) -> bool:
+    def _record(self, req: Request, token: int, stop_token: bool) -> bool:
         """Add ``token`` to the request; True when the request has finished (and was told so)."""
         if req.cancelled:
             return True
-        if token in req.stop_ids:
+        if stop_token:  # the decoder saw one of the request's stop ids: not part of the text
             return self._finish(req, "stop")
         req.tokens.append(token)
         self.metrics.tokens.labels(self.name).inc()
@@ -232,18 +176,3 @@ class Engine:
             req.emit("piece", piece)
         req.emit("done", reason, len(req.tokens))
         return True
-
-
-def _left_pad(x: torch.Tensor, length: int) -> torch.Tensor:
-    """Pad dim 2 (a cache) or dim 1 (a mask) on the left with zeros to ``length``."""
-    dim = 2 if x.dim() == 4 else 1
-    extra = length - x.size(dim)
-    if extra == 0:
-        return x
-    shape = list(x.shape)
-    shape[dim] = extra
-    return torch.cat([x.new_zeros(shape), x], dim=dim)
-
-
-def _device(model: Any) -> torch.device:
-    return next(model.parameters()).device
