@@ -1,0 +1,257 @@
+"""`twinlm compare`: a tiny end-to-end comparison, its numbers against the scorers, the mask pictures' pixels,
+attention maps against the attention module, resume after a kill, and the CLI's flags."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers import peaked_model, shakespeare_excerpt
+from twinlm import cli_compare, measures
+from twinlm.compare import CompareOptions, TaskSpec, finetuning, load_results, measuring, pictures, run
+from twinlm.compare import data as compare_data
+from twinlm.compare.data import lines_of
+from twinlm.compare.plan import PartStore, parts
+from twinlm.errors import ConfigError
+from twinlm.loading import load
+from twinlm.scoring import perplexity, pseudo_perplexity
+
+WORDS = "the king lord good night sweet love day hath come".split()
+
+
+def _classify_file(path: Path, n: int, seed: int) -> Path:
+    rng = random.Random(seed)
+    rows = ["sentence\tlabel"]
+    for i in range(n):
+        rows.append(" ".join(rng.choice(WORDS) for _ in range(6)) + (" great\t1" if i % 2 else " awful\t0"))
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def tiny_options(folder: Path, **changes) -> CompareOptions:
+    """Two objectives, rotary positions, 3 steps of 4 x 32 tokens, one seed, one tiny classify task."""
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus = folder / "corpus.txt"
+    if not corpus.exists():
+        corpus.write_text(shakespeare_excerpt(30_000))
+    task = f"classify={_classify_file(folder / 'train.tsv', 16, 0)}:{_classify_file(folder / 'dev.tsv', 8, 1)}"
+    settings = dict(corpus=[str(corpus)], out=str(folder / "out"), vocab_size=320, objectives="mlm,clm",
+                    positions="rotary", preset="tiny", tokens=3 * 4 * 32, batch_size=4, seq_len=32, eval_blocks=2,
+                    seeds=1, tasks=[task], cloze_n=4, candidates_k=10, heldout_chars=200, n_prompts=2,
+                    max_new_tokens=6, attention_tokens=10, finetune_epochs=1, device="cpu", progress=False)
+    return CompareOptions(**{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One finished tiny comparison (shared by the tests that read it; they copy it before changing it)."""
+    opts = tiny_options(tmp_path_factory.mktemp("compare"))
+    return run(opts, log=lambda _: None), opts
+
+
+def test_tiny_compare_writes_every_report_file(finished):
+    results, opts = finished
+    out = Path(opts.out)
+    for name in ("report.md", "report.html", "results.json", "compare.json"):
+        assert (out / name).is_file(), name
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["missing_parts"] == []
+    figures = [*doc["files"]["masks"].values(), doc["files"]["loss_curves"], doc["files"]["task_bars"],
+               *doc["files"]["attention"].values()]
+    assert len(doc["files"]["attention"]) == 2
+    for rel in figures:
+        assert (out / rel).is_file() and (out / rel).stat().st_size > 0, rel
+    md = (out / "report.md").read_text()
+    assert md.index("The classic table, measured") < md.index("Which claims held")
+    for rel in figures:
+        assert f"]({rel})" in md
+    page = (out / "report.html").read_text()
+    sources = re.findall(r'src="([^"]*)"', page)
+    assert len(sources) == len(figures) and all(s.startswith("data:image/png;base64,") for s in sources)
+    assert "http" not in page  # opens offline: nothing is fetched
+    assert {c["id"].split(":")[0] for c in doc["claims"]} >= {"understanding", "next_word", "cloze", "pretraining"}
+
+
+def test_results_equal_the_scorers_on_the_saved_models(finished):
+    results, opts = finished
+    out = Path(opts.out)
+    doc = json.loads((out / "results.json").read_text())
+    text = (out / doc["data"]["scored_text"]).read_text()
+    items = measures.cloze_items(lines_of((out / doc["data"]["heldout_text"]).read_text()), opts.cloze_n, seed=0)
+    train_lines = lines_of((out / doc["data"]["train_text"]).read_text())
+    cands = measures.candidate_words(items, train_lines, k=opts.candidates_k)
+    assert doc["baseline"]["unigram"] == measures.unigram_baseline(train_lines, items, candidates=cands)
+    for name, paradigm in (("mlm-rotary", "masked"), ("clm-rotary", "causal")):
+        entry = doc["models"][name]
+        loaded = load(out / entry["pretrain"]["model"])
+        model, tok = loaded.lm, loaded.tokenizer
+        assert entry["pretrain"]["paradigms"] == [paradigm]
+        if paradigm == "causal":
+            assert entry["intrinsic"]["perplexity"] == pytest.approx(perplexity(model, tok, text).to_dict())
+        else:
+            assert entry["intrinsic"]["pseudo_perplexity"] == pytest.approx(pseudo_perplexity(model, tok, text))
+        assert entry["intrinsic"]["cloze"][paradigm] == measures.cloze_accuracy(model, tok, items, cands,
+                                                                                 paradigm=paradigm)
+        assert entry["intrinsic"]["next_word"][paradigm] == measures.next_word_accuracy(
+            model, tok, items, candidates=cands, paradigm=paradigm)
+        gen = entry["generation"][paradigm]
+        assert gen["distinct_2"] == measures.distinct_n(gen["samples"], 2)
+        assert gen["repetition_4"] == measures.repetition_rate(gen["samples"], 4)
+        assert entry["pretrain"]["tokens"] == doc["budget"]["tokens"] == 3 * 4 * 32  # the same tokens for both
+    # the fine-tuning table is the mean of the per-seed part files
+    store = PartStore(out)
+    for model, entry in doc["tasks"]["classify"].items():
+        assert entry["seeds"] == [store.get(f"finetune:classify:{model}:0")["score"]]
+    assert set(doc["tasks"]["classify"]) == {"mlm-rotary", "clm-rotary", "random-bidirectional-rotary",
+                                             "random-causal-rotary"}
+
+
+def test_mask_pictures_are_the_masks(tmp_path):
+    names = pictures.save_mask_pictures(tmp_path)
+    masks = pictures.example_masks()
+    T, pad = pictures.MASK_LENGTH, pictures.MASK_PADDING
+    expected = {"bidirectional": torch.ones(T, T, dtype=torch.bool), "causal": torch.ones(T, T).tril().bool()}
+    keys = torch.arange(T)[None, :] < T - pad
+    expected["bidirectional_padding"] = expected["bidirectional"] & keys
+    expected["causal_padding"] = expected["causal"] & keys
+    for name, file in names.items():
+        pixels = np.asarray(Image.open(tmp_path / file).convert("RGB"))
+        assert pixels.shape == (T * pictures.CELL, T * pictures.CELL, 3)
+        allowed = masks[name] == 0
+        assert torch.equal(allowed, expected[name]), name  # the attention module's mask is the textbook one
+        want = np.where(allowed.numpy()[..., None], pictures.ALLOWED, pictures.BLOCKED).astype(np.uint8)
+        assert np.array_equal(pixels, want.repeat(pictures.CELL, 0).repeat(pictures.CELL, 1)), name
+        assert np.array_equal(pictures.pixels_to_allowed(pixels), allowed.numpy())
+
+
+@pytest.mark.parametrize("position", ["learned", "rotary"])
+@pytest.mark.parametrize("kind", ["bidirectional", "causal"])
+def test_attention_maps_reproduce_the_attention_output(kind, position):
+    model = peaked_model(50, kind=kind, position=position)
+    ids = torch.randint(0, 50, (1, 9)).tolist()[0]
+    outputs = []
+    hooks = [b.attn.register_forward_hook(lambda m, a, out: outputs.append(out[0])) for b in model.backbone.blocks]
+    inputs = []
+    hooks += [b.attn.register_forward_pre_hook(lambda m, a: inputs.append(a[0])) for b in model.backbone.blocks]
+    maps = pictures.attention_maps(model, ids, kind)
+    for h in hooks:
+        h.remove()
+    L, H, T = len(model.backbone.blocks), model.config.n_heads, len(ids)
+    assert maps.shape == (L, H, T, T)
+    assert torch.allclose(maps.sum(-1), torch.ones(L, H, T), atol=1e-5)
+    if kind == "causal":
+        assert float(maps.triu(1).abs().max()) == 0.0
+    with torch.inference_mode():  # probabilities @ V through the out projection = the module's own output
+        for layer, block in enumerate(model.backbone.blocks):
+            v = block.attn.qkv(inputs[layer]).split([model.config.d_model] * 3, dim=-1)[2]
+            v = v.view(1, T, H, -1).transpose(1, 2)
+            y = (maps[layer][None] @ v).transpose(1, 2).reshape(1, T, -1)
+            assert torch.allclose(block.attn.out(y), outputs[layer], atol=1e-5)
+
+
+def test_resume_after_a_kill_runs_only_unfinished_parts(finished, tmp_path, monkeypatch):
+    _, opts = finished
+    out = tmp_path / "out"
+    shutil.copytree(opts.out, out)
+    store = PartStore(out)
+    for part in ("generation:mlm-rotary", "generation:clm-rotary"):
+        store.path(part).unlink()
+    calls: list[str] = []
+
+    def counting(name, fn, kill_on=None):
+        def wrapped(*args, **kwargs):
+            calls.append(name)
+            if kill_on is not None and len([c for c in calls if c == name]) == kill_on:
+                raise KeyboardInterrupt  # the process is killed while this part runs
+            return fn(*args, **kwargs)
+        return wrapped
+
+    for name in ("pretrain", "intrinsic", "attention", "baseline"):
+        monkeypatch.setattr(measuring, name, counting(name, getattr(measuring, name)))
+    monkeypatch.setattr(measuring, "generation", counting("generation", measuring.generation, kill_on=2))
+    monkeypatch.setattr(compare_data, "prepare", counting("data", compare_data.prepare))
+    monkeypatch.setattr(finetuning, "finetune", counting("finetune", finetuning.finetune))
+    with pytest.raises(KeyboardInterrupt):
+        run(resume=out, log=lambda _: None)
+    assert calls == ["generation", "generation"]
+    assert store.done("generation:mlm-rotary") and not store.done("generation:clm-rotary")
+    calls.clear()
+    log: list[str] = []
+    results = run(resume=out, log=log.append)
+    assert calls == ["generation"]  # only the part that was killed runs again
+    assert all(store.done(p) for p in parts(results.options))
+    assert any("generation clm-rotary ..." in line for line in log)
+    assert any("pretrain mlm-rotary" in line and "skipped" in line for line in log)
+    assert load_results(out).models["clm-rotary"]["generation"]["prompts"]
+
+
+def test_a_rerun_with_other_settings_is_refused(finished):
+    _, opts = finished
+    with pytest.raises(ConfigError, match="other settings"):
+        run(tiny_options(Path(opts.out).parent, seeds=2), log=lambda _: None)
+
+
+def test_task_spec_and_options():
+    spec = TaskSpec.parse("ner=a/train.conll:a/dev.conll:3000")
+    assert (spec.task, spec.train, spec.dev, spec.max_train_rows) == ("ner", "a/train.conll", "a/dev.conll", 3000)
+    assert TaskSpec.parse("classify=t.tsv:d.tsv").max_train_rows is None
+    for bad in ("pos=a:b", "classify=a.tsv", "classify"):
+        with pytest.raises(ConfigError):
+            TaskSpec.parse(bad)
+    with pytest.raises(ConfigError, match="objective"):
+        CompareOptions(corpus=[__file__], out="x", objectives="mlm,gpt")
+    with pytest.raises(ConfigError, match="hybrid schedule"):
+        CompareOptions(corpus=[__file__], out="x", hybrid="clm:4,xlm:2")
+    with pytest.raises(ConfigError, match="not both"):
+        CompareOptions(corpus=[__file__], out="x", tokens=10**6, time_budget=60)
+    opts = CompareOptions(corpus=[__file__], out="x", objectives="mlm,clm,hybrid", positions="learned,rotary",
+                          seeds=2, tasks=[f"classify={__file__}:{__file__}"])
+    names = parts(opts)
+    assert names[:3] == ["data", "budget", "baseline"] and len(names) == len(set(names))
+    # 6 variants x (pretrain, intrinsic, generation, attention) + 1 task x (6 variants + 4 random) x 2 seeds
+    assert len(names) == 3 + 6 * 4 + 10 * 2
+
+
+def test_cli_flags_build_the_options(tmp_path):
+    parser = argparse.ArgumentParser()
+    cli_compare.add_arguments(parser)
+    args = parser.parse_args(shlex.split(cli_compare.EXAMPLE)[2:])
+    assert args.tokens == 2_000_000 and args.seeds == 3 and args.task == ["classify=train.tsv:dev.tsv"]
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("text\n")
+    args = parser.parse_args(["--corpus", str(corpus), "--out", str(tmp_path / "o"), "--objectives", "mlm,hybrid",
+                              "--hybrid", "clm:1,mlm:3", "--positions", "rotary", "--preset", "mini",
+                              "--time-budget", "90", "--no-random-init", "--vocab-size", "500"])
+    opts = cli_compare.options_from_args(args)
+    assert opts.objectives == ["mlm", "hybrid"] and opts.hybrid == "clm:1,mlm:3" and opts.positions == ["rotary"]
+    assert (opts.preset, opts.time_budget, opts.random_init, opts.vocab_size) == ("mini", 90.0, False, 500)
+    assert opts.seeds == 3 and opts.tokens is None  # defaults where no flag was given
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--tokens", "5", "--time-budget", "3"])
+    with pytest.raises(ConfigError, match="--corpus"):
+        cli_compare.options_from_args(parser.parse_args(["--out", "x"]))
+    assert not math.isnan(opts.learning_rate)
+
+
+def test_time_budget_gives_every_model_the_slowest_ones_steps(tmp_path):
+    from twinlm.compare.data import budget
+
+    opts = CompareOptions(corpus=[__file__], out=str(tmp_path), objectives="mlm,clm", positions="rotary",
+                          time_budget=30.0, batch_size=4, seq_len=32)
+    timed = {"mlm-rotary": 0.5, "clm-rotary": 1.5}
+    b = budget(opts, probe=lambda o, v: timed[v.name])
+    assert b["steps"] == 20 and b["tokens"] == 20 * 4 * 32  # 30 s at the slower 1.5 s/step, for both models
+    assert b["probe_seconds_per_step"] == timed and b["time_cap"] == 60.0
+    assert budget(CompareOptions(corpus=[__file__], out=str(tmp_path), tokens=1000, batch_size=4,
+                                 seq_len=32))["steps"] == 1000 // 128
