@@ -48,6 +48,7 @@ function highlight(text, spans) {
       if (!(s.type in types)) types[s.type] = Object.keys(types).length % 4;
       if (types[s.type]) m.classList.add("t" + types[s.type]);
     }
+    if (s.cls) m.classList.add(s.cls);
     if (s.title) m.title = s.title;
     out.push(m);
     at = s.end;
@@ -116,7 +117,8 @@ $("qa-go").addEventListener("click", async () => {
     const a = await call("/v1/answer", { model: model("qa", "answer"), question: $("qa-q").value, context });
     if (a.start < 0) { out.replaceChildren("no answer found in the context"); return; }
     out.replaceChildren(el("div", {}, "answer: ", el("b", { id: "qa-answer" }, a.answer)),
-      el("div", { class: "ctx" }, ...highlight(context, [{ start: a.start, end: a.end, title: `score ${a.score}` }])));
+      el("div", { class: "ctx" }, ...highlight(context, [{ start: a.start, end: a.end, cls: "answer",
+        title: `score ${typeof a.score === "number" ? a.score.toFixed(3) : a.score}` }])));
   } catch (e) { showError(out, e); }
 });
 
@@ -133,10 +135,15 @@ $("ner-go").addEventListener("click", async () => {
 });
 
 // ------------------------------------------------------------------------------------------------ streaming
+// Appends each streamed text piece to `out` as it arrives; resolves to the finish reason ("stop", "length").
 async function streamCompletion(body, out, signal) {
   const r = await fetch("/v1/completions", { method: "POST", headers: headers(), signal,
     body: JSON.stringify({ ...body, stream: true }) });
-  if (!r.ok) throw new Error(((await r.json()).error || {}).message || r.statusText);
+  if (!r.ok) {
+    const data = await r.json().catch(() => ({}));
+    throw new Error((data.error && data.error.message) || `${r.status} ${r.statusText}`);
+  }
+  let reason = null;
   const reader = r.body.getReader();
   const decoder = new TextDecoder();
   let buffer = "";
@@ -150,28 +157,50 @@ async function streamCompletion(body, out, signal) {
       buffer = buffer.slice(cut + 2);
       if (!line.startsWith("data: ")) continue;
       const payload = line.slice(6);
-      if (payload === "[DONE]") return;
+      if (payload === "[DONE]") return reason;
       const chunk = JSON.parse(payload);
       if (chunk.error) throw new Error(chunk.error.message);
       const text = chunk.choices[0].text;
       if (text) out.append(el("span", { class: "piece" }, text));
+      if (chunk.choices[0].finish_reason) reason = chunk.choices[0].finish_reason;
     }
   }
+  return reason;
 }
 
 function num(id) { const v = $(id).value; return v === "" ? undefined : Number(v); }
 
+// #gen-out's data-state says where the stream is (streaming, done, stopped, error); #gen-meta sums it up.
 $("gen-go").addEventListener("click", async () => {
-  const out = $("gen-out");
-  out.replaceChildren(el("b", {}, $("gen-prompt").value));
+  const out = $("gen-out"), meta = $("gen-meta");
   if (genAbort) genAbort.abort();
-  genAbort = new AbortController();
+  const mine = new AbortController();
+  genAbort = mine;
+  out.replaceChildren(el("b", {}, $("gen-prompt").value));
+  out.dataset.state = "streaming";
+  meta.textContent = "streaming…";
   const k = num("gen-k");
+  const started = performance.now();
+  const took = () => `${((performance.now() - started) / 1000).toFixed(2)} s`;
   try {
-    await streamCompletion({ model: model("generate", "completions"), prompt: $("gen-prompt").value,
+    const reason = await streamCompletion({ model: model("generate", "completions"), prompt: $("gen-prompt").value,
       temperature: num("gen-t"), top_k: k ? k : undefined, top_p: num("gen-p"), max_tokens: num("gen-n"),
-      seed: num("gen-seed") }, out, genAbort.signal);
-  } catch (e) { if (e.name !== "AbortError") out.append(el("div", { class: "error" }, e.message)); }
+      seed: num("gen-seed") }, out, mine.signal);
+    if (genAbort !== mine) return;  // a newer run owns the output now
+    const pieces = out.querySelectorAll(".piece").length;
+    meta.textContent = `${pieces} streamed pieces in ${took()} · finished: ${reason || "?"}`;
+    out.dataset.state = "done";
+  } catch (e) {
+    if (genAbort !== mine) return;
+    if (e.name === "AbortError") {
+      meta.textContent = `stopped after ${took()}`;
+      out.dataset.state = "stopped";
+    } else {
+      out.append(el("div", { class: "error" }, e.message));
+      meta.textContent = "";
+      out.dataset.state = "error";
+    }
+  }
 });
 $("gen-stop").addEventListener("click", () => { if (genAbort) genAbort.abort(); });
 
@@ -182,10 +211,15 @@ $("side-go").addEventListener("click", async () => {
   const left = $("side-mlm"), right = $("side-clm");
   left.replaceChildren(el("b", {}, prompt), " …");
   right.replaceChildren(el("b", {}, prompt));
+  left.dataset.state = right.dataset.state = "running";
+  // A byte-level BPE continuation carries its own leading space; add one only where neither side has it.
+  const join = (text) => (!text || /^\s/.test(text) || /\s$/.test(prompt) ? text : " " + text);
   const masked = call("/v1/mask-predict", { model: model("side", "mask-predict"), prompt, max_tokens: n, steps: 10 })
-    .then((d) => left.replaceChildren(el("b", {}, prompt), " ", d.text)).catch((e) => showError(left, e));
+    .then((d) => { left.replaceChildren(el("b", {}, prompt), join(d.text)); left.dataset.state = "done"; })
+    .catch((e) => { showError(left, e); left.dataset.state = "error"; });
   const causal = streamCompletion({ model: model("side", "completions"), prompt, max_tokens: n, temperature: 0.8,
-    top_k: 40 }, right).catch((e) => right.append(el("div", { class: "error" }, e.message)));
+    top_k: 40 }, right).then(() => { right.dataset.state = "done"; })
+    .catch((e) => { right.append(el("div", { class: "error" }, e.message)); right.dataset.state = "error"; });
   await Promise.all([masked, causal]);
 });
 
