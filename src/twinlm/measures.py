@@ -275,17 +275,7 @@ def cloze_accuracy(model: Any, tokenizer: Any, items: Sequence[ClozeItem], candi
     candidates: the shared set (default: every item's answer). Returns {"top1", "top5" (one per ``top``), "n",
     "paradigm", "candidates"}.
     """
-    paradigm = _paradigm(model, paradigm)
-    cands = list(dict.fromkeys(candidates if candidates is not None else candidate_words(items)))
-    was_training = model.training
-    model.eval()
-    try:
-        words = _WordTokens(tokenizer)
-        ranks = [_rank_item(model, tokenizer, it, _candidates_for(it, cands), paradigm, "cloze", words)
-                 for it in items]
-    finally:
-        model.train(was_training)
-    return _accuracy(ranks, top, paradigm, len(cands))
+    return _job_accuracy(model, tokenizer, items, candidates, top, _paradigm(model, paradigm), "cloze")
 
 
 def next_word_accuracy(model: Any, tokenizer: Any, items_or_lines: Sequence[ClozeItem] | Sequence[str],
@@ -304,14 +294,18 @@ def next_word_accuracy(model: Any, tokenizer: Any, items_or_lines: Sequence[Cloz
         items = list(items_or_lines)  # type: ignore[arg-type]
     if paradigm is None:
         paradigm = "causal" if "causal" in model.config.paradigms else "masked"
-    paradigm = _paradigm(model, paradigm)
+    return _job_accuracy(model, tokenizer, items, candidates, top, _paradigm(model, paradigm), "next")
+
+
+def _job_accuracy(model: Any, tokenizer: Any, items: Sequence[ClozeItem], candidates: list[str] | None,
+                  top: tuple[int, ...], paradigm: str, job: str) -> dict[str, Any]:
+    """Rank every item's candidates for ``job`` ('cloze' or 'next') in eval mode and count the hits."""
     cands = list(dict.fromkeys(candidates if candidates is not None else candidate_words(items)))
     was_training = model.training
     model.eval()
     try:
         words = _WordTokens(tokenizer)
-        ranks = [_rank_item(model, tokenizer, it, _candidates_for(it, cands), paradigm, "next", words)
-                 for it in items]
+        ranks = [_rank_item(model, tokenizer, it, _candidates_for(it, cands), paradigm, job, words) for it in items]
     finally:
         model.train(was_training)
     return _accuracy(ranks, top, paradigm, len(cands))
