@@ -329,6 +329,23 @@ def test_read_conll_errors(tmp_path, text, match):
         T.read_conll(write(tmp_path / "a.conll", text))
 
 
+def test_featurize_ner_bpe_pieces_match_running_text(tmp_path):
+    # Regression: a byte-level BPE vocabulary marks word starts with 'Ġ'; words encoded one at a time used to lose
+    # it ('G' 'er' 'man' instead of 'ĠGerman'), so a pretrained model saw pieces it had hardly met in pretraining.
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join("the German call to boycott British lamb ." for _ in range(50)))
+    bpe = train_tokenizer([corpus], kind="bpe", vocab_size=300, min_frequency=1)
+    words = ["EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."]
+    ex = [T.NERExample(words, ["B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O"], 1)]
+    labels = T.ner_labels(ex)
+    (f,) = T.featurize_ner(ex, bpe, labels, max_len=64)
+    running = bpe.hf.encode(" ".join(words), add_special_tokens=False).ids
+    assert f["input_ids"] == [bpe.cls_id, *running, bpe.sep_id]
+    assert bpe.hf.token_to_id("\u0120German") in f["input_ids"]
+    assert [x for x in f["labels"] if x != -100] == [labels.index(t) for t in ex[0].tags]
+    assert sorted({w for w in f["word_ids"] if w is not None}) == list(range(len(words)))
+
+
 def test_ner_labels_order():
     ex = [T.NERExample(["a"] * 5, ["I-PER", "B-LOC", "O", "B-PER", "I-LOC"], 1)]
     assert T.ner_labels(ex) == ["O", "B-LOC", "I-LOC", "B-PER", "I-PER"]

@@ -337,13 +337,23 @@ def ner_labels(examples: list[NERExample]) -> list[str]:
     return ["O", *sorted(tags, key=lambda t: (t[2:], t[:1]))]
 
 
+def ner_words(tokenizer: Any, words: list[str]) -> list[str]:
+    """The words as the tokenizer should see them one at a time: a BPE vocabulary marks a word start by its leading
+    space (byte-level 'Ġ', SentencePiece '▁'), so every word after the first gets one back; without it each word is
+    encoded as if it began the text, into word-internal pieces ('G' 'er' 'man' for 'ĠGerman') that pretraining
+    rarely saw. The pieces then match the running text ``' '.join(words)``."""
+    if getattr(tokenizer, "kind", None) != "bpe" or not words:
+        return words
+    return [words[0], *(" " + w for w in words[1:])]
+
+
 def featurize_ner(examples: list[NERExample], tokenizer: Any, labels: list[str], max_len: int,
                   source: str = "") -> list[dict[str, Any]]:
     """Sub-tokens of each word; the word's tag on its first sub-token, -100 on the others and on specials."""
     index = {t: i for i, t in enumerate(labels)}
     feats = []
     for ex in examples:
-        enc = tokenizer.hf.encode(ex.words, is_pretokenized=True, add_special_tokens=False)
+        enc = tokenizer.hf.encode(ner_words(tokenizer, ex.words), is_pretokenized=True, add_special_tokens=False)
         ids, word_ids = enc.ids[:max_len - 2], enc.word_ids[:max_len - 2]
         tag_ids = []
         previous = None
