@@ -21,7 +21,7 @@ import torch
 from .attention import KVBuffer
 from .config import require
 from .errors import ConfigError
-from .model import LanguageModel
+from .model import LanguageModel, device_of
 from .processors import GenerationConfig, LogitsProcessor, apply_processors, build_processors
 from .tokenizer import Tokenizer
 
@@ -40,11 +40,6 @@ class Generation:
     finish_reason: str
     prompt_tokens: int
     score: float | None = None  # beam search: the length-penalised log-probability of the chosen sequence
-
-
-def model_device(model: LanguageModel) -> torch.device:
-    """The device that holds the model's parameters (where its inputs must go)."""
-    return next(model.parameters()).device
 
 
 # ---------------------------------------------------------------------------------------------- prompts
@@ -176,7 +171,7 @@ class Decoder:
         self.config = config
         self.pad_id = pad_id
         self.on_logits = on_logits  # sees the raw logits of every step (tests compare them to full passes)
-        device = model_device(model)
+        device = device_of(model)
         self.device = device
         B, P = len(prompts), max(len(p) for p in prompts)
         total = P + config.max_new_tokens

@@ -24,8 +24,8 @@ from .data import tasks as T
 from .errors import ConfigError, DataError
 from .evaluate import classification_metrics, entities, entity_metrics, squad_metrics
 from .heads import TASKS, TaskLoss, TaskModel
-from .loading import Loaded, load
-from .model import LanguageModel
+from .loading import Loaded, check_task, load
+from .model import LanguageModel, device_of
 from .tokenizer import Tokenizer
 from .train import TrainConfig, Trainer, TrainResult
 
@@ -98,7 +98,7 @@ def predict_logits(model: TaskModel, features: list[dict[str, Any]], pad_id: int
     """Logits per feature (unpadded), batching length-sorted rows so little compute goes to padding."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
+    device = device_of(model)
     out: list[torch.Tensor | None] = [None] * len(features)
     for idx in length_batches([len(f["input_ids"]) for f in features], batch_size):
         batch = T.collate([{k: v for k, v in features[j].items() if k in ("input_ids", "token_type_ids")}
@@ -210,14 +210,9 @@ def load_init(path: str | Path, task: str) -> tuple[LanguageModel, Tokenizer, di
     loaded = load(path)
     previous = loaded.info["task"]
     if previous:
-        _check_task_matches(previous, task, loaded.info["folder"])
+        check_task(previous, task, loaded.info["folder"], path)
         previous = {**previous, "state": loaded.model.state_dict()}
     return loaded.lm, loaded.tokenizer, previous, loaded  # type: ignore[return-value]
-
-
-def _check_task_matches(previous: dict, task: str, folder: str) -> None:
-    if previous["task"] != task:
-        raise ConfigError(f"{folder}: this model was fine-tuned for --task {previous['task']}, not --task {task}")
 
 
 def set_dropout(lm: LanguageModel, p: float) -> None:

@@ -173,11 +173,11 @@ def load(path: str | Path, *, task: str | None = None, device: str | torch.devic
     if is_hf_folder(folder):
         model, info = load_hf(folder, device)
         config, info = model.config, {**info, "format": "huggingface", "task": None}
-        _check_task(None, task, folder, path)
+        check_task(None, task, folder, path)
     else:
         config = ModelConfig.load(folder)
         recorded = config.extra.get("task")
-        _check_task(recorded, task, folder, path)
+        check_task(recorded, task, folder, path)
         lm = LanguageModel(config)
         model = (TaskModel(lm, recorded["task"], len(recorded["labels"]), recorded.get("problem", "single_label"))
                  if recorded else lm)
@@ -200,7 +200,8 @@ def load_hf(folder: str | Path, device: str | torch.device = "cpu") -> tuple[Lan
     return model.to(device).eval(), info
 
 
-def _check_task(recorded: dict | None, wanted: str | None, folder: Path, source: str | Path) -> None:
+def check_task(recorded: dict | None, wanted: str | None, folder: str | Path, source: str | Path) -> None:
+    """Raise unless a model whose config records ``recorded`` (None: no task head) can serve ``wanted``."""
     if wanted is None:
         return
     if recorded is None:
@@ -235,7 +236,7 @@ def load_task_model(path: str | Path, task: str | None = None, device: str = "cp
     """(fine-tuned TaskModel in eval mode, tokenizer); ``task`` given: it must have been trained for that task."""
     loaded = load(path, task=task, device=device)
     if not isinstance(loaded.model, TaskModel):
-        _check_task(None, "classify|qa|ner", Path(loaded.info["folder"]), path)
+        check_task(None, "classify|qa|ner", Path(loaded.info["folder"]), path)
     return loaded.model, loaded.tokenizer  # type: ignore[return-value]
 
 

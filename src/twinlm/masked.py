@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import torch
 
 from .config import require
-from .decoding import Generation, model_device
+from .decoding import Generation
 from .errors import ConfigError
-from .model import LanguageModel
+from .model import LanguageModel, device_of
 from .processors import NEG_INF
 from .tokenizer import Tokenizer
 
@@ -135,7 +135,7 @@ def fill_mask(model: LanguageModel, tokenizer: Tokenizer, text: str, top_k: int 
     ids, mask_positions = _mask_positions(model, tokenizer, text)
     if top_k < 1:
         raise ConfigError(f"top_k must be a positive integer, got {top_k}")
-    device = model_device(model)
+    device = device_of(model)
     x = torch.tensor([ids], device=device)
     probs = blank_probs(model, tokenizer, x, torch.tensor(mask_positions, device=device))
     hidden_specials = set(tokenizer.special_ids) - {tokenizer.mask_id}
@@ -161,7 +161,7 @@ def fill_mask_joint(model: LanguageModel, tokenizer: Tokenizer, text: str) -> Jo
     other, e.g. "New [MASK] [MASK]" -> "New York York").
     """
     ids, positions = _mask_positions(model, tokenizer, text)
-    device = model_device(model)
+    device = device_of(model)
     x = torch.tensor([ids], device=device)
     pos = torch.tensor(positions, device=device)
     probs = iterative_unmask(model, tokenizer, x, pos, _most_confident_first)
@@ -198,7 +198,7 @@ def mask_predict(model: LanguageModel, tokenizer: Tokenizer, prompt: str, max_ne
     if len(ids) > model.config.max_positions:
         raise ConfigError(f"prompt + {max_new_tokens} blanks is {len(ids)} tokens; the model takes at most "
                           f"max_positions={model.config.max_positions}")
-    device = model_device(model)
+    device = device_of(model)
     x = torch.tensor([ids], device=device)
     pos = torch.tensor(blanks, device=device)
     iterative_unmask(model, tokenizer, x, pos, _mask_predict_schedule(steps))

@@ -44,6 +44,8 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
+from .model import device_of
+from .scoring import start_id
 
 BLANK = "[MASK]"
 PARADIGMS = ("masked", "causal")
@@ -164,13 +166,6 @@ def _encode_span(tokenizer: Any, left: str, word: str, right: str) -> tuple[list
     return list(enc.ids), inside[0], inside[-1] + 1
 
 
-def _start_id(tokenizer: Any) -> int:
-    start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
-    if start is None:
-        raise ConfigError("causal scoring needs a BOS or EOS token to predict the first token from")
-    return start
-
-
 def _pad(rows: list[list[int]], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(r) for r in rows)
     x = torch.full((len(rows), width), pad, dtype=torch.long, device=device)
@@ -189,7 +184,7 @@ def _causal_scores(model: Any, prefix: list[int], continuations: list[list[int]]
     The prefix runs once; its keys and values are shared by every continuation (a KV cache, expanded over the
     batch), so ranking a hundred candidates costs their own tokens only.
     """
-    device = next(model.parameters()).device
+    device = device_of(model)
     limit = model.config.max_positions
     longest = max(len(c) for c in continuations)
     if len(prefix) + longest > limit:  # drop the oldest context (after the start token) until it fits
@@ -220,7 +215,7 @@ def _causal_scores(model: Any, prefix: list[int], continuations: list[list[int]]
 def _masked_scores(model: Any, tokenizer: Any, prefix: list[int], suffix: list[int],
                    words: list[list[int]]) -> list[float]:
     """sum_i log P(words[j][i] | [CLS] prefix [MASK]*k suffix [SEP]) per word j (k = its length), one pass per k."""
-    device = next(model.parameters()).device
+    device = device_of(model)
     lengths = sorted({len(w) for w in words})
     room = model.config.max_positions - 2 - max(lengths)
     if len(prefix) + len(suffix) > room:  # too long for the model: keep the context nearest the blank
@@ -262,7 +257,7 @@ def _rank_item(model: Any, tokenizer: Any, item: ClozeItem, cands: list[str], pa
     if paradigm == "masked":
         scores = _masked_scores(model, tokenizer, prefix, suffix, toks)
     else:
-        scores = _causal_scores(model, [_start_id(tokenizer), *prefix], [[*t, *suffix] for t in toks])
+        scores = _causal_scores(model, [start_id(tokenizer), *prefix], [[*t, *suffix] for t in toks])
     return _rank(scores)
 
 

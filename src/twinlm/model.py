@@ -24,6 +24,11 @@ ACTIVATION_FNS = {
 }
 
 
+def device_of(module: nn.Module) -> torch.device:
+    """The device that holds a module's parameters (where its inputs must go)."""
+    return next(module.parameters()).device
+
+
 def make_norm(config: ModelConfig) -> nn.Module:
     """The configured normalisation: LayerNorm (BERT, GPT-2) or scale-only RMSNorm (Llama)."""
     if config.norm_type == "rmsnorm":

@@ -23,6 +23,7 @@ from .data.blocks import (
 )
 from .data.corpus import TokenShard
 from .errors import ConfigError
+from .model import device_of
 from .objectives import ATTENTION_FOR, HybridSchedule, MLMMasker, clm_loss, mlm_loss, resolve_objective
 
 EVAL_MASK_SEED = 1234  # the validation masks are the same at every evaluation, so MLM losses are comparable
@@ -118,7 +119,7 @@ class PretrainTask:
 
     def evaluate(self, model: nn.Module, autocast: Callable[[], contextlib.AbstractContextManager]) -> dict:
         """Validation loss and perplexity per objective (MLM: masked-token loss under a fixed masking seed)."""
-        device = next(model.parameters()).device
+        device = device_of(model)
         metrics: dict[str, float] = {}
         for objective in self.objectives():
             span = block_span(self.opts.seq_len, objective)

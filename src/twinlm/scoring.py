@@ -19,9 +19,8 @@ from typing import Any
 import torch
 
 from .config import require
-from .decoding import model_device
 from .errors import ConfigError
-from .model import LanguageModel
+from .model import LanguageModel, device_of
 from .tokenizer import Tokenizer
 
 
@@ -92,7 +91,7 @@ def causal_logprobs(model: LanguageModel, ids: list[int], start_id: int, window:
     """log P(ids[i] | start, ids[:i]) for every i (float64, shape (len(ids),)), in sliding windows."""
     window, stride = _windowing(model, window, stride)
     seq = [start_id, *ids]
-    device = model_device(model)
+    device = device_of(model)
     out = torch.empty(len(ids), dtype=torch.float64)
     # Target chunk [a, b) of seq (a >= 1) is predicted by the window seq[max(0, b - window):b].
     chunks = [(a, min(a + stride, len(seq))) for a in range(1, len(seq), stride)]
@@ -134,7 +133,7 @@ def pseudo_logprobs(model: LanguageModel, tokenizer: Tokenizer, ids: list[int], 
     room = model.config.max_positions - len(prefix) - len(suffix)
     if room < 1:
         raise ConfigError(f"max_positions={model.config.max_positions} leaves no room for text between the specials")
-    device = model_device(model)
+    device = device_of(model)
     out = torch.empty(len(ids), dtype=torch.float64)
     for c in range(0, len(ids), room):
         chunk = ids[c:c + room]
@@ -152,7 +151,8 @@ def pseudo_logprobs(model: LanguageModel, tokenizer: Tokenizer, ids: list[int], 
     return out
 
 
-def _start_id(tokenizer: Tokenizer) -> int:
+def start_id(tokenizer: Tokenizer) -> int:
+    """The token a causal model predicts the first token from: BOS, else EOS."""
     start = tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id
     if start is None:
         raise ConfigError("causal scoring needs a BOS or EOS token to predict the first token from")
@@ -173,7 +173,7 @@ def score(model: LanguageModel, tokenizer: Tokenizer, text: str, paradigm: str |
     _check_paradigm(model, paradigm)
     ids = _encode(tokenizer, text)
     if paradigm == "causal":
-        lp = causal_logprobs(model, ids, _start_id(tokenizer), window, stride, batch_size)
+        lp = causal_logprobs(model, ids, start_id(tokenizer), window, stride, batch_size)
     else:
         lp = pseudo_logprobs(model, tokenizer, ids, batch_size)
     tokens = [tokenizer.id_to_token(i) or "" for i in ids]
@@ -186,7 +186,7 @@ def perplexity(model: LanguageModel, tokenizer: Tokenizer, text: str, window: in
     _check_paradigm(model, "causal")
     window, stride = _windowing(model, window, stride)
     ids = _encode(tokenizer, text)
-    lp = causal_logprobs(model, ids, _start_id(tokenizer), window, stride, batch_size)
+    lp = causal_logprobs(model, ids, start_id(tokenizer), window, stride, batch_size)
     nll = -float(lp.sum())
     n_bytes = len(text.encode("utf-8"))
     loss = nll / len(ids)

@@ -21,6 +21,7 @@ import matplotlib.image  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 
 from ..attention import apply_rotary, build_mask, math_attention, neg_inf  # noqa: E402
+from ..model import device_of  # noqa: E402
 from ..objectives import HybridSchedule  # noqa: E402
 from ..plots import read_metrics  # noqa: E402
 
@@ -91,7 +92,7 @@ def attention_maps(model: torch.nn.Module, ids: list[int], kind: str) -> torch.T
     blocks = model.backbone.blocks
     hooks = [b.attn.register_forward_pre_hook(catch, with_kwargs=True) for b in blocks]
     try:
-        device = next(model.parameters()).device
+        device = device_of(model)
         model.hidden(torch.tensor([ids], device=device), attention=kind)
     finally:
         for h in hooks:

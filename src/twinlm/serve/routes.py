@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from ..scoring import default_paradigm
 from . import schemas as S
 from .errors import ApiError, error_body
 from .limits import check_max_tokens, fit_text
@@ -129,7 +130,7 @@ async def tag(body: S.TagRequest, request: Request) -> dict[str, Any]:
 @router.post("/v1/score", response_model=S.ScoreResponse, tags=["encoders"])
 async def score(body: S.ScoreRequest, request: Request) -> dict[str, Any]:
     served = _state(request)[0].pick(body.model, "score")
-    paradigm = body.paradigm or ("causal" if served.config.attention == "causal" else "masked")
+    paradigm = body.paradigm or default_paradigm(served.model)
     if paradigm not in served.config.paradigms:
         raise ApiError(400, f"model {served.name!r} is a {served.kind}; it has no {paradigm} score", "paradigm")
     text = _fit_all(served, [body.text], "text", body.truncate, _limit(served))[0]
