@@ -73,6 +73,8 @@ def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--norm", default="pre", choices=["pre", "post"])
+    p.add_argument("--position", default="learned", choices=["learned", "rotary"],
+                   help="learned position table (BERT/GPT-2) or rotary (RoPE): rotary learns faster on small budgets")
     p.add_argument("--mask-prob", type=float, default=0.15)
     p.add_argument("--whole-word", action="store_true", help="mask whole words (WordPiece ## and BPE word starts)")
     p.add_argument("--fixed-count", action="store_true", help="mask exactly round(p*L) tokens per row")
@@ -166,7 +168,8 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
                            whole_word=args.whole_word, fixed_count=args.fixed_count, hybrid=args.hybrid,
                            mlm_ratio=args.mlm_ratio, eval_blocks=args.eval_blocks)
     result = pretrain_run(args.data, args.out, args.preset, opts, train_config(args), resume=args.resume,
-                          model_overrides={"dropout": args.dropout, "norm": args.norm})
+                          model_overrides={"dropout": args.dropout, "norm": args.norm,
+                                                           "position": args.position})
     if result is not None:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         print(f"done: step {result.step}, {metrics}, {result.tokens_per_s:,.0f} tokens/s")
