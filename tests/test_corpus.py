@@ -110,9 +110,9 @@ def test_parquet_missing_column(tmp_path: Path) -> None:
 def test_missing_and_unknown_files(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"nope\.txt: no such file"):
         list(iter_documents(tmp_path / "nope.txt"))
-    (tmp_path / "x.csv").write_text("a,b\n")
-    with pytest.raises(DataError, match=r"x\.csv: unsupported file type; use one of \.txt, \.txt\.gz, \.jsonl"):
-        list(iter_documents(tmp_path / "x.csv"))
+    (tmp_path / "x.docx").write_text("a,b\n")
+    with pytest.raises(DataError, match=r"x\.docx: unsupported file type; use one of \.txt, \.txt\.gz, \.jsonl"):
+        list(iter_documents(tmp_path / "x.docx"))
     with pytest.raises(DataError, match="no supported files"):
         list(iter_documents(tmp_path))
 

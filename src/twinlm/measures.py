@@ -374,5 +374,5 @@ def corpus_lines(data_dir: str | Path, split: str = "val", tokenizer: Any = None
     tokens = np.asarray(TokenShard(data_dir, split).tokens)
     cuts = np.flatnonzero(tokens == tokenizer.sep_id)
     docs = np.split(tokens, cuts + 1)
-    texts = tokenizer.hf.decode_batch([d.tolist() for d in docs if len(d)], skip_special_tokens=True)
+    texts = tokenizer.decode_batch([d.tolist() for d in docs if len(d)])
     return [line for text in texts for line in text.splitlines() if line.strip()]

@@ -30,6 +30,8 @@ class TextStream:
     A byte-level BPE token can hold part of a multi-byte UTF-8 character; decoding such a prefix gives U+FFFD, so
     text is only released once it no longer ends in an incomplete character. Text that could be the start of a
     stop string is held back until it is known not to be one. The pieces join to the final text exactly.
+    Text comes from Tokenizer.decode, so WordPiece pieces follow its spacing rule (no space between CJK
+    characters), and a Chinese character split over several byte-level tokens appears only once complete.
     """
 
     def __init__(self, tokenizer: Tokenizer, stop_strings: Sequence[str] = ()) -> None:

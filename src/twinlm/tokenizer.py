@@ -3,11 +3,16 @@
 Three kinds: ``wordpiece`` (BERT-style), ``bpe`` (GPT-2-style byte-level BPE, with an extra ``[MASK]`` so one
 tokenizer serves masked, causal and hybrid training) and ``char`` (one token per character). A tokenizer is
 saved as ``tokenizer.json`` plus a small ``twinlm_tokenizer.json`` sidecar naming its kind and special tokens.
+
+Chinese (and any CJK text): WordPiece makes every CJK character its own word, as BERT does, and decoding joins
+CJK characters and CJK/full-width punctuation without spaces (see Tokenizer.decode). A character the vocabulary
+lacks becomes a visible ``[UNK]`` (WordPiece, char), never nothing; byte-level BPE needs no unknown token.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -30,6 +35,19 @@ BERT_SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[SEP]",
 WORDPIECE_SPECIAL_ORDER = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CHAR_SPECIAL_ORDER = ("[PAD]", "[UNK]", "[MASK]", EOT)
 
+# Characters written without spaces between them: CJK ideographs (the ranges of BERT's _is_chinese_char), kana,
+# CJK symbols and punctuation (U+3000-303F) and full-width forms (U+FF00-FFEF).
+_CJK_CHARS = (
+    "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+    "\U00020000-\U0002a6df\U0002a700-\U0002ceaf\U0002f800-\U0002fa1f"
+)
+_CJK_TOKEN = re.compile(f"[{_CJK_CHARS}]+")
+
+
+def is_cjk(text: str) -> bool:
+    """True when ``text`` is non-empty and made only of CJK characters and CJK/full-width punctuation."""
+    return _CJK_TOKEN.fullmatch(text) is not None
+
 
 class Tokenizer:
     """A ``tokenizers.Tokenizer`` plus its kind and the ids of its special tokens."""
@@ -40,6 +58,8 @@ class Tokenizer:
         self.hf = hf
         self.kind = kind
         self.special: dict[str, str | None] = {role: special.get(role) for role in ROLES}
+        if kind == "char" and self.special["unk"] is None:
+            self.special["unk"] = _give_char_unk(hf)
         where = source or "tokenizer"
         ids: dict[str, int | None] = {}
         for role in ROLES:
@@ -56,6 +76,7 @@ class Tokenizer:
         self.sep_id: int = ids["sep"]  # type: ignore[assignment]
         self.eos_id: int = ids["eos"]  # type: ignore[assignment]
         self.bos_id: int = ids["bos"]  # type: ignore[assignment]
+        self._cjk: np.ndarray | None = None  # is_cjk of every token, built on the first WordPiece decode
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
@@ -91,8 +112,68 @@ class Tokenizer:
         return [enc.ids for enc in self.hf.encode_batch(list(texts), add_special_tokens=False)]
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-        """Text of ``ids``; special tokens are dropped unless skip_special is False."""
-        return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+        """Text of ``ids``; special tokens are dropped unless skip_special is False, except ``[UNK]``.
+
+        ``[UNK]`` always stays: dropping it would lose text without a trace. WordPiece puts a space between
+        words, except between two CJK tokens (characters, CJK or full-width punctuation) and between ``[UNK]``
+        and a CJK neighbour (most likely an unseen character), so "这部电影很棒！" comes back without spaces.
+        Between CJK and Latin words or digits the space is kept: WordPiece ids cannot tell whether the original
+        had one there ("按钮 10 秒" and "按钮10秒" encode alike), so text written with spaces there round-trips
+        and text without them gains them; byte-level BPE is the exact tokenizer (char is exact too, for seen
+        characters). The rule looks only at a token and the one before it, so a prefix of the ids decodes to a
+        prefix of the text (streaming).
+        """
+        ids = [int(i) for i in ids]
+        if skip_special:
+            drop = set(self.special_ids) - {self.unk_id}
+            ids = [i for i in ids if i not in drop]
+        if self.kind != "wordpiece":
+            return self.hf.decode(ids, skip_special_tokens=False)
+        groups = self._spaced_groups(ids)
+        if len(groups) == 1:
+            return self.hf.decode(groups[0], skip_special_tokens=False)
+        # Each group decodes with the library's own WordPiece rules (## joins, spaces, punctuation clean-up);
+        # the groups meet where no space belongs.
+        return "".join(self.hf.decode_batch(groups, skip_special_tokens=False))
+
+    def decode_batch(self, sequences: Sequence[Sequence[int]], skip_special: bool = True) -> list[str]:
+        """decode of each sequence."""
+        return [self.decode(ids, skip_special=skip_special) for ids in sequences]
+
+    def count_unknown(self, ids: Sequence[int]) -> int:
+        """How many of ``ids`` are the unknown token (0 when the tokenizer has none, as byte-level BPE).
+
+        char: one per unseen character; WordPiece: one per word holding an unseen character (a CJK character
+        is a word of its own, so in Chinese also one per character).
+        """
+        if self.unk_id is None:
+            return 0
+        return sum(1 for i in ids if int(i) == self.unk_id)
+
+    def _cjk_table(self) -> np.ndarray:
+        if self._cjk is None:
+            vocab = self.hf.get_vocab(with_added_tokens=True)
+            table = np.zeros(max(vocab.values(), default=-1) + 1, dtype=bool)  # ids need not be contiguous
+            for token, i in vocab.items():
+                table[i] = is_cjk(token)
+            self._cjk = table
+        return self._cjk
+
+    def _spaced_groups(self, ids: list[int]) -> list[list[int]]:
+        """``ids`` cut where WordPiece would put a space that CJK text does not have."""
+        table = self._cjk_table()
+        groups: list[list[int]] = [[]]
+        prev_cjk = prev_unk = False
+        for i in ids:
+            cjk = 0 <= i < len(table) and bool(table[i])
+            unk = i == self.unk_id
+            # [UNK] beside CJK is most likely an unseen character; two [UNK]s keep their space, since each may
+            # stand for a whole Latin word. Only the token before decides, so a prefix decodes to a prefix.
+            if groups[-1] and ((prev_cjk and (cjk or unk)) or (prev_unk and cjk)):
+                groups.append([])
+            groups[-1].append(i)
+            prev_cjk, prev_unk = cjk, unk
+        return groups
 
     def token_to_id(self, token: str) -> int | None:
         """Id of a token string, or None when it is not in the vocabulary."""
@@ -136,6 +217,24 @@ class Tokenizer:
     def load(cls, path: str | Path) -> Tokenizer:
         """Load a tokenizer; see load_tokenizer for the accepted layouts."""
         return load_tokenizer(path)
+
+
+def _give_char_unk(hf: tokenizers.Tokenizer) -> str | None:
+    """Give a char tokenizer that lacks an unknown-character token one; returns its string.
+
+    Without one, an unseen character makes encoding fail. ``[UNK]`` is appended after the last id (ids already
+    in use keep their meaning), so such a tokenizer grows by one token. None when the model is not WordLevel.
+    """
+    if type(hf.model).__name__ != "WordLevel":
+        return None
+    vocab = hf.get_vocab(with_added_tokens=False)
+    if "[UNK]" not in vocab and hf.token_to_id("[UNK]") is None:
+        vocab["[UNK]"] = max(hf.get_vocab(with_added_tokens=True).values(), default=-1) + 1
+    elif "[UNK]" not in vocab:
+        vocab["[UNK]"] = hf.token_to_id("[UNK]")  # an added token: the model must map unseen characters to it
+    hf.model = models.WordLevel(vocab=vocab, unk_token="[UNK]")
+    hf.add_special_tokens([AddedToken("[UNK]", special=True)])
+    return "[UNK]"
 
 
 def _word_start_markers() -> frozenset[str]:

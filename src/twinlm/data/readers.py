@@ -1,7 +1,8 @@
-"""Documents from text files: plain text (paragraphs), gzip text, JSON lines and parquet."""
+"""Documents from text files: plain text (paragraphs), gzip text, JSON lines, parquet and TSV/CSV tables."""
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import warnings
@@ -11,16 +12,18 @@ from typing import BinaryIO
 
 from ..errors import ConfigError, DataError
 
-SUPPORTED_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".parquet")
+SUPPORTED_SUFFIXES = (".txt", ".txt.gz", ".jsonl", ".parquet", ".tsv", ".csv")
 ON_ERROR_CHOICES = ("raise", "skip")
 _PARQUET_BATCH_ROWS = 1024
+# csv's default cell limit (131,072 characters) is smaller than a long document; 2**31 - 1 fits a C long everywhere.
+_CSV_FIELD_LIMIT = 2**31 - 1
 
 
 def _kind_of(path: Path) -> str | None:
     """The reader for a file name, or None when its extension is not supported."""
     name = path.name.lower()
     # ".txt.gz" must be tested before ".txt": both end the same way after the ".gz" is gone.
-    for suffix in (".txt.gz", ".txt", ".jsonl", ".parquet"):
+    for suffix in (".txt.gz", ".txt", ".jsonl", ".parquet", ".tsv", ".csv"):
         if name.endswith(suffix):
             return suffix
     return None
@@ -38,8 +41,10 @@ def iter_documents(path: str | Path, text_field: str = "text", on_error: str = "
     """Yield the documents of a file or of every supported file in a folder, streaming.
 
     ``.txt``/``.txt.gz``: a document is a paragraph (lines separated by blank lines). ``.jsonl``: the
-    ``text_field`` of each JSON object. ``.parquet``: the ``text_field`` column. ``on_error="skip"``
-    warns about and skips undecodable lines / bad records instead of raising DataError.
+    ``text_field`` of each JSON object. ``.parquet``: the ``text_field`` column. ``.tsv``/``.csv`` with a
+    header row: the ``text_field`` column, one document per row (TSV cells are unquoted, as in GLUE's files;
+    CSV cells may be quoted and span lines). ``on_error="skip"`` warns about and skips undecodable lines /
+    bad records instead of raising DataError.
     """
     if on_error not in ON_ERROR_CHOICES:
         raise ConfigError(f"on_error is {on_error!r}; choose one of {', '.join(ON_ERROR_CHOICES)}")
@@ -69,6 +74,8 @@ def iter_documents(path: str | Path, text_field: str = "text", on_error: str = "
         yield from _iter_jsonl(path, text_field, on_error)
     elif kind == ".parquet":
         yield from _iter_parquet(path, text_field)
+    elif kind in (".tsv", ".csv"):
+        yield from _iter_table(path, text_field, on_error, tsv=kind == ".tsv")
     else:
         raise DataError(f"{path}: unsupported file type; use one of {', '.join(SUPPORTED_SUFFIXES)}")
 
@@ -172,3 +179,57 @@ def _iter_parquet(path: Path, text_field: str) -> Iterator[str]:
                     yield text
     except (pa.ArrowException, OSError) as exc:
         raise DataError(f"{path}: parquet file could not be read ({exc})") from None
+
+
+def _iter_table(path: Path, text_field: str, on_error: str, tsv: bool) -> Iterator[str]:
+    """The ``text_field`` cell of each row of a TSV/CSV file whose first row names the columns."""
+    line = [0]  # the physical line being read, for messages
+
+    def bad(message: str) -> None:
+        if on_error == "raise":
+            raise DataError(message)
+        warnings.warn(f"{message}; skipping it", stacklevel=4)
+
+    def lines(fh: BinaryIO) -> Iterator[str]:
+        # Decoded here, line by line, so a bad byte can name its line; line endings stay for csv (CRLF, quoted
+        # cells that hold newlines).
+        offset = 0
+        for lineno, raw in enumerate(fh, start=1):
+            line[0] = lineno
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                bad(_bad_utf8_message(path, offset + exc.start, lineno))
+                offset += len(raw)
+                continue
+            offset += len(raw)
+            if lineno == 1 and text.startswith("\ufeff"):
+                text = text[1:]  # a byte-order mark is an encoding artefact, not part of the first column's name
+            yield text
+
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
+    with open(path, "rb") as fh:
+        # TSV cells are taken as they are (quotes are text, as in GLUE's and ChnSentiCorp's files).
+        quoting = csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL
+        rows = csv.reader(lines(fh), delimiter="\t" if tsv else ",", quoting=quoting)
+        try:
+            header = next(rows, None)
+            if header is None:
+                return
+            if text_field not in header:
+                raise DataError(
+                    f"{path}: no column '{text_field}'; columns are: {', '.join(header)}; pass --text-field NAME"
+                )
+            col = header.index(text_field)
+            for row in rows:
+                if not row:
+                    continue  # a blank line
+                if col >= len(row):
+                    bad(f"{path}:{line[0]}: only {len(row)} cell(s); column '{text_field}' is number {col + 1}")
+                    continue
+                if row[col].strip():
+                    # A quoted CSV cell keeps the file's line endings; documents use "\n" as .txt paragraphs do.
+                    yield row[col].replace("\r\n", "\n")
+        except csv.Error as exc:
+            kind = "TSV" if tsv else "CSV"
+            raise DataError(f"{path}:{line[0]}: not a readable {kind} row ({exc})") from None
