@@ -25,6 +25,7 @@ ZH_PARAGRAPHS = [
     "糟糕的体验，再也不来了。",
     "如何重置我的设备？要重置，按住电源按钮 10 秒钟。",
     "从前有一条龙。龙在村庄上空翱翔。",
+    "林冲道：“我这些酒！”小丫头……好——走。he said “hello” — ok",
     "「你好」（测试）：ｆｕｌｌ１２３，酒店服务很好，价格 299 元。",
     "he said hello to the world, ok 2024. Hello OK",
     "abcdefghijklmnopqrstuvwxyz0123456789 9876543210zyxwvutsrqponmlkjihgfedcba",
@@ -101,6 +102,14 @@ def test_wordpiece_round_trips_mixed_chinese(wordpiece: Tokenizer, text: str) ->
     # Each Chinese character is a word of its own, as in BERT.
     tokens = [wordpiece.id_to_token(i) or "" for i in ids]
     assert all(len(t) == 1 for t in tokens if re.search(r"[\u4e00-\u9fff]", t))
+
+
+def test_shared_punctuation_touches_chinese_only(wordpiece: Tokenizer) -> None:
+    # Curly quotes, ellipses and dashes sit against CJK characters without spaces (as novels write them) but keep
+    # WordPiece's spaces in Latin text.
+    novel = "林冲道：“我这些酒！”小丫头……好——走。"
+    assert wordpiece.decode(wordpiece.encode(novel)) == novel
+    assert wordpiece.decode(wordpiece.encode("he said “hello” — ok")) == "he said “ hello ” — ok"
 
 
 def test_wordpiece_documented_spacing(wordpiece: Tokenizer) -> None:

@@ -42,6 +42,9 @@ _CJK_CHARS = (
     "\U00020000-\U0002a6df\U0002a700-\U0002ceaf\U0002f800-\U0002fa1f"
 )
 _CJK_TOKEN = re.compile(f"[{_CJK_CHARS}]+")
+# Punctuation Chinese text shares with Western text (curly quotes, dashes, ellipsis, middle dot): written without a
+# space next to a CJK character, with one elsewhere.
+_SHARED_PUNCT = re.compile("[\u00b7\u2010-\u2027\u2030-\u205e]+")
 
 
 def is_cjk(text: str) -> bool:
@@ -77,6 +80,7 @@ class Tokenizer:
         self.eos_id: int = ids["eos"]  # type: ignore[assignment]
         self.bos_id: int = ids["bos"]  # type: ignore[assignment]
         self._cjk: np.ndarray | None = None  # is_cjk of every token, built on the first WordPiece decode
+        self._shared_punct: np.ndarray = np.zeros(0, dtype=bool)  # shared-punctuation flag of every token, ditto
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"
@@ -157,22 +161,31 @@ class Tokenizer:
             for token, i in vocab.items():
                 table[i] = is_cjk(token)
             self._cjk = table
+            shared = np.zeros_like(table)
+            for token, i in vocab.items():
+                shared[i] = _SHARED_PUNCT.fullmatch(token) is not None
+            self._shared_punct = shared
         return self._cjk
 
     def _spaced_groups(self, ids: list[int]) -> list[list[int]]:
         """``ids`` cut where WordPiece would put a space that CJK text does not have."""
         table = self._cjk_table()
+        shared = self._shared_punct
         groups: list[list[int]] = [[]]
-        prev_cjk = prev_unk = False
+        prev_cjk = prev_unk = prev_punct = False
+        prev = -1
         for i in ids:
             cjk = 0 <= i < len(table) and bool(table[i])
+            punct = 0 <= i < len(shared) and bool(shared[i])
             unk = i == self.unk_id
             # [UNK] beside CJK is most likely an unseen character; two [UNK]s keep their space, since each may
             # stand for a whole Latin word. Only the token before decides, so a prefix decodes to a prefix.
-            if groups[-1] and ((prev_cjk and (cjk or unk)) or (prev_unk and cjk)):
+            # Curly quotes and dashes touch a CJK neighbour, and a doubled one its twin: 道：“我……”小.
+            after_punct = prev_punct and (cjk or (punct and i == prev))
+            if groups[-1] and ((prev_cjk and (cjk or unk or punct)) or (prev_unk and cjk) or after_punct):
                 groups.append([])
             groups[-1].append(i)
-            prev_cjk, prev_unk = cjk, unk
+            prev_cjk, prev_unk, prev_punct, prev = cjk, unk, punct, i
         return groups
 
     def token_to_id(self, token: str) -> int | None:
