@@ -18,13 +18,16 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from helpers import peaked_model  # noqa: E402
 from twinlm import checkpoint as ckpt  # noqa: E402
+from twinlm.errors import ConfigError  # noqa: E402
 from twinlm.finetune import answer, classify, tag  # noqa: E402
 from twinlm.generate import generate  # noqa: E402
 from twinlm.heads import TaskModel  # noqa: E402
 from twinlm.loading import load  # noqa: E402
+from twinlm.masked import mask_predict  # noqa: E402
 from twinlm.pipelines import fill_mask  # noqa: E402
 from twinlm.scoring import perplexity, pseudo_perplexity  # noqa: E402
 from twinlm.serve.app import create_app  # noqa: E402
+from twinlm.serve.batched import fill_mask_many, mask_predict_many, score_many  # noqa: E402
 from twinlm.serve.limits import Limits  # noqa: E402
 from twinlm.tokenizer import train_tokenizer  # noqa: E402
 
@@ -36,15 +39,18 @@ LINES = ["the cat sat on the mat and the dog sat on the log",
 TASKS = {"classify": ["neg", "pos"], "qa": ["start", "end"], "ner": ["O", "B-PER", "I-PER"]}
 
 
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
+def build_models(root, hybrid: bool = False) -> dict:
+    """Folders of tiny random models sharing one BPE tokenizer: a causal LM, a masked LM (and with ``hybrid`` a
+    hybrid one) and one fine-tuned model per task. Name -> folder."""
     (root / "text.txt").write_text("\n".join(LINES) + "\n")
     tok = train_tokenizer([root / "text.txt"], kind="bpe", vocab_size=300)
     vocab = tok.vocab_size
     out = {}
-    for name, kind in (("clm", "causal"), ("mlm", "bidirectional")):
-        model = peaked_model(vocab, kind, positions=64, seed=1)
+    kinds = [("clm", "causal", {}), ("mlm", "bidirectional", {})]
+    if hybrid:
+        kinds.append(("hybrid", "bidirectional", {"objective": "hybrid"}))
+    for name, kind, extra in kinds:
+        model = peaked_model(vocab, kind, positions=64, seed=1, **extra)
         out[name] = ckpt.save_model(root / name, model_state=model.state_dict(), config=model.config, tokenizer=tok)
     for task, labels in TASKS.items():
         lm = peaked_model(vocab, "bidirectional", positions=64, seed=2)
@@ -54,6 +60,11 @@ def folders(tmp_path_factory):
                                                    "max_seq_len": 48, "doc_stride": 16, "max_answer_len": 8}})
         out[task] = ckpt.save_model(root / task, model_state=head.state_dict(), config=config, tokenizer=tok)
     return out
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    return build_models(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
@@ -188,9 +199,84 @@ def test_scores_equal_python(client, loaded):
     assert got["scores"]["pseudo_perplexity"] == pytest.approx(want["pseudo_perplexity"])
 
 
-def test_mask_predict_endpoint(client):
+def test_mask_predict_endpoint(client, loaded):
     got = post(client, "/v1/mask-predict", model="mlm", prompt="我们 喜欢", max_tokens=4, steps=2).json()
-    assert len(got["token_ids"]) == 4
+    want = mask_predict(loaded["mlm"].lm, loaded["mlm"].tokenizer, "我们 喜欢", max_new_tokens=4, steps=2)
+    assert (got["token_ids"], got["text"]) == (want.token_ids, want.text)
+
+
+LONG = "the cat sat on the mat and the dog sat on the log . " * 8  # over max_positions (64): windows, chunks
+
+
+def _same_numbers(got, want):
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-9, abs=1e-9) if isinstance(v, int) else \
+            got[k] == pytest.approx(v, rel=1e-4), k
+
+
+def test_batched_functions_equal_the_python_api(loaded):
+    """fill-mask, mask-predict and scores of several inputs in shared padded passes equal the one-text calls; an
+    input that fails its checks gets its own error in its place."""
+    mlm, tok = loaded["mlm"].lm, loaded["mlm"].tokenizer
+    masked = [("the [MASK] sat on the mat .", 3), ("我们 [MASK] 语言 [MASK] 。", 5), ("a [MASK]", 1), ("no blank", 2)]
+    got = fill_mask_many(mlm, tok, masked)
+    assert isinstance(got[3], ConfigError) and "[MASK]" in str(got[3])
+    for row, (text, k) in zip(got[:3], masked[:3], strict=True):
+        want = fill_mask(mlm, tok, text, top_k=k)
+        assert [[(p.token_id, p.sequence) for p in r] for r in row] == [[(p.token_id, p.sequence) for p in r]
+                                                                           for r in want]
+        assert [p.score for r in row for p in r] == pytest.approx([p.score for r in want for p in r], rel=1e-4)
+    asks = [("the cat", 6, 3), ("我们 喜欢", 3, 10), ("", 4, 1), ("once upon a time there was a", 8, 5),
+            ("x " * 80, 4, 2)]
+    got = mask_predict_many(mlm, tok, asks)
+    assert isinstance(got[4], ConfigError) and "max_positions" in str(got[4])
+    for gen, (prompt, n, steps) in zip(got[:4], asks[:4], strict=True):
+        want = mask_predict(mlm, tok, prompt, max_new_tokens=n, steps=steps)
+        assert (gen.token_ids, gen.text, gen.prompt_tokens) == (want.token_ids, want.text, want.prompt_tokens)
+    hybrid = peaked_model(tok.vocab_size, "bidirectional", positions=64, seed=4, objective="hybrid")
+    texts = ["the cat sat", LONG, "我们 喜欢 语言 模型 。", ""]
+    for model, paradigm in ((loaded["clm"].lm, "causal"), (mlm, "masked"), (hybrid, "causal"), (hybrid, "masked")):
+        other = "masked" if paradigm == "causal" else "causal"
+        got = score_many(model, tok, [(t, paradigm) for t in texts] + [("a b", other)])
+        assert isinstance(got[3], ConfigError) and "empty" in str(got[3])  # the empty text, alone
+        assert isinstance(got[4], ConfigError) is (model is not hybrid)  # a paradigm the model lacks
+        for scores, text in zip(got[:3], texts, strict=False):
+            want = (perplexity(model, tok, text).to_dict() if paradigm == "causal"
+                    else pseudo_perplexity(model, tok, text))
+            _same_numbers(scores, want)
+
+
+def test_encoder_endpoints_batched_equal_unbatched(loaded):
+    """Concurrent fill-mask, score and mask-predict requests are answered from shared forward passes, with the same
+    bodies as a server that runs every request alone (max_batch_size 1)."""
+    asks = [("/v1/fill-mask", {"model": "mlm", "text": t, "top_k": 2}) for t in
+            ("the [MASK] sat", "我们 喜欢 [MASK]", "alice went to [MASK] and [MASK]", "the film was [MASK]")]
+    asks += [("/v1/score", {"model": m, "text": t}) for m in ("clm", "mlm") for t in ("the cat sat", LONG[:120])]
+    asks += [("/v1/mask-predict", {"model": "mlm", "prompt": p, "max_tokens": n, "steps": s})
+             for p, n, s in (("the cat", 4, 2), ("我们", 6, 4), ("once upon a time", 3, 3))]
+
+    def answers(client):
+        with ThreadPoolExecutor(len(asks)) as pool:
+            return list(pool.map(lambda a: client.post(a[0], json=a[1]).json(), asks))
+
+    with make_client(loaded, max_batch_size=1, max_wait_ms=0) as c:
+        alone = answers(c)
+    with make_client(loaded, max_batch_size=32, max_wait_ms=300) as c:
+        batchers = c.app.state.registry.served["mlm"].batchers
+        together = answers(c)
+        runs = {op: batchers[op].batches for op in ("fill-mask", "score", "mask-predict")}
+    assert runs["fill-mask"] < 4 and runs["mask-predict"] < 3  # several requests per forward batch
+    for (path, _), a, b in zip(asks, alone, together, strict=True):
+        if path == "/v1/score":
+            assert a["paradigm"] == b["paradigm"]
+            _same_numbers(b["scores"], a["scores"])
+        elif path == "/v1/fill-mask":
+            assert [[c["token_id"] for c in r] for r in a["masks"]] == [[c["token_id"] for c in r] for r in b["masks"]]
+            assert [c["score"] for r in b["masks"] for c in r] == pytest.approx([c["score"] for r in a["masks"]
+                                                                                for c in r], rel=1e-4)
+        else:
+            assert a == b
 
 
 # ----------------------------------------------------------------------------------------------- errors
@@ -218,6 +304,11 @@ BAD = [
     ("/v1/score", {"model": "clm", "text": "a b", "paradigm": "masked"}, 400, "paradigm", "causal"),
     ("/v1/answer", {"model": "qa", "question": "", "context": "x"}, 422, "question", ""),
     ("/v1/tag", {"model": "ner"}, 422, "text", "required"),
+    # Were a 500 (NaN sampling), a 503 (a request bigger than the queue) and a 400 naming a CLI flag, not the field.
+    ("/v1/completions", {"model": "clm", "temperature": 5e-324}, 422, "temperature", "greedy"),
+    ("/v1/completions", {"model": "clm", "prompt": ["a"] * 65}, 422, "prompt", "at most 64"),
+    ("/v1/answer", {"model": "qa", "question": "where did alice go ? " * 8, "context": "paris"}, 413, "question",
+     "limit is 37"),
 ]
 
 
@@ -295,6 +386,16 @@ def test_concurrent_requests_are_batched(loaded):
             want = lm.encode(torch.tensor([tok.encode(t, add_special=True)]))[0]
             assert torch.allclose(torch.tensor(v["data"][0]["embedding"]), want, atol=1e-5)
         assert "twinlm_batch_size_bucket" in c.get("/metrics").text
+
+
+def test_a_lone_request_does_not_wait_for_company(loaded):
+    """With no other request in progress the batcher runs at once instead of waiting out max_wait_ms (here far
+    longer than the request's time limit, so a wait would be a 504)."""
+    with make_client(loaded, max_wait_ms=600_000, timeout_s=5) as c:
+        for path, body in (("/v1/classify", {"model": "classify", "text": "a"}),
+                           ("/v1/fill-mask", {"model": "mlm", "text": "a [MASK]"})):
+            assert c.post(path, json=body).status_code == 200
+        assert 'twinlm_requests_in_progress 1.0' in c.get("/metrics").text  # the /metrics request itself
 
 
 def test_full_queue_answers_503_and_timeout_504(loaded):

@@ -59,6 +59,9 @@ class GenerationConfig:
         """Raise ConfigError naming the first setting that cannot work."""
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if 0.0 < self.temperature < 1e-6:
+            # logits / 5e-324 overflow to inf and the softmax to NaN: refuse rather than sample garbage
+            raise ConfigError(f"temperature must be 0 (greedy) or at least 1e-6, got {self.temperature}")
         if self.top_k is not None and self.top_k < 1:
             raise ConfigError(f"top_k must be a positive integer, got {self.top_k}")
         if self.top_p is not None and not 0.0 < self.top_p <= 1.0:

@@ -3,6 +3,7 @@ playground. ``create_app`` is all a caller needs; `twinlm serve` runs it under u
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -99,6 +100,7 @@ class Guard:
         label = path if path in ROUTE_LABELS else "other"
         start = time.perf_counter()
         status = {"code": 500}
+        self.metrics.in_flight += 1
 
         async def send_counted(message: dict) -> None:
             if message["type"] == "http.response.start":
@@ -111,13 +113,18 @@ class Guard:
             if refusal is not None:
                 await _reply(send_counted, *refusal)
                 return
-            receive, too_big = await self._bounded(scope, receive)
-            if too_big:
+            receive, problem = await self._bounded(scope, receive)
+            if problem == "too big":
                 await _reply(send_counted, 413, f"request body is over the {self.limits.max_body_bytes}-byte limit",
                              None, {})
                 return
+            if problem == "too slow":
+                await _reply(send_counted, 408, f"the request body did not arrive within the {self.limits.timeout_s:g}"
+                             " s limit; send it all at once", None, {"Connection": "close"})
+                return
             await self.app(scope, receive, send_counted)
         finally:
+            self.metrics.in_flight -= 1
             self.metrics.requests.labels(label, str(status["code"])).inc()
 
     def _check(self, scope: dict) -> tuple | None:
@@ -132,26 +139,35 @@ class Guard:
         return 401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'", None, \
             {"WWW-Authenticate": "Bearer"}
 
-    async def _bounded(self, scope: dict, receive: Any) -> tuple[Any, bool]:
-        """Read the body (at most the limit) up front; replay it to the app."""
+    async def _bounded(self, scope: dict, receive: Any) -> tuple[Any, str | None]:
+        """Read the body (at most the size limit, within the time limit) up front; replay it to the app.
+
+        The time limit keeps a client that trickles its body (a byte a second) from holding a connection open
+        for ever. Returns (receive for the app, None | "too big" | "too slow")."""
         if scope.get("method") not in ("POST", "PUT", "PATCH"):
-            return receive, False
+            return receive, None
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limits.max_body_bytes:
-            return receive, True
+            return receive, "too big"
+        try:
+            return await asyncio.wait_for(self._read_body(receive), self.limits.timeout_s)
+        except asyncio.TimeoutError:
+            return receive, "too slow"
+
+    async def _read_body(self, receive: Any) -> tuple[Any, str | None]:
         chunks, size = [], 0
         while True:
             message = await receive()
             if message["type"] != "http.request":
-                return _replay([message]), False
+                return _replay([message]), None
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.limits.max_body_bytes:
-                return receive, True
+                return receive, "too big"
             if not message.get("more_body"):
                 break
-        return _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}], receive), False
+        return _replay([{"type": "http.request", "body": b"".join(chunks), "more_body": False}], receive), None
 
 
 ROUTE_LABELS = {"/v1/completions", "/v1/embeddings", "/v1/models", "/v1/fill-mask", "/v1/classify", "/v1/answer",

@@ -1,17 +1,17 @@
 """Gathers concurrent requests to one model and operation into batches.
 
 A request submits a list of inputs and awaits their outputs. One worker per batcher waits for the first request,
-then up to ``max_wait_ms`` for more while the batch holds fewer than ``max_batch_size`` inputs, runs the batch in
-a worker thread (one forward pass for the whole batch where the operation batches) and hands each request its
-slice of the outputs. A request larger than the batch size runs alone. When more than ``max_queue`` requests
-wait, submit raises a 503 with Retry-After. A request whose caller gave up (timeout, disconnect) before its batch
-started is dropped from the batch.
+then up to ``max_wait_ms`` for more while the batch holds fewer than ``max_batch_size`` inputs and other HTTP
+requests are in progress in the server (``Metrics.in_flight``: requests that may be about to join; with none, as
+for a lone client, waiting would only add latency), runs the batch in a worker thread (one forward pass for the
+whole batch) and hands each request its slice of the outputs. A request larger than the batch size runs alone.
+When more than ``max_queue`` requests wait, submit raises a 503 with Retry-After. A request whose caller gave up
+(timeout, disconnect) before its batch started is dropped from the batch.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -20,6 +20,7 @@ from typing import Any
 from .limits import Limits, queue_full
 from .metrics import Metrics
 
+# The outputs for a list of inputs, in order; an output that is an exception fails the request of its input only.
 BatchFn = Callable[[list[Any]], list[Any]]
 
 
@@ -30,6 +31,8 @@ class Batcher:
         self.limits, self.metrics, self.executor = limits, metrics, executor
         self.queue: deque[tuple[list[Any], asyncio.Future]] = deque()
         self.batches = 0  # batches run (tests and the benchmark read it)
+        self._depth = metrics.queue_depth.labels(model, op)
+        self._sizes = metrics.batch_size.labels(model, op)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
@@ -44,8 +47,9 @@ class Batcher:
             self._loop, self._wake = loop, asyncio.Event()
             self._worker = loop.create_task(self._run_forever())
 
-    async def submit(self, inputs: list[Any]) -> list[Any]:
-        """The outputs for ``inputs`` (same order), computed in a batch with whatever else is waiting."""
+    async def submit(self, inputs: list[Any], timeout: float | None = None) -> list[Any]:
+        """The outputs for ``inputs`` (same order), computed in a batch with whatever else is waiting;
+        asyncio.TimeoutError after ``timeout`` seconds (the request is then dropped from the queue)."""
         self._ensure_worker()
         if len(self.queue) >= self.limits.max_queue:
             self.metrics.rejected.labels(self.model, self.op).inc()
@@ -54,10 +58,12 @@ class Batcher:
         self.queue.append((list(inputs), future))
         self._gauge()
         self._wake.set()  # type: ignore[union-attr]
-        return await future
+        if timeout is None:
+            return await future
+        return await asyncio.wait_for(future, timeout)  # on a future: a timer, no task per request
 
     def _gauge(self) -> None:
-        self.metrics.queue_depth.labels(self.model, self.op).set(len(self.queue))
+        self._depth.set(len(self.queue))
 
     def _take(self) -> list[tuple[list[Any], asyncio.Future]]:
         batch, size = [], 0
@@ -74,21 +80,30 @@ class Batcher:
         self._gauge()
         return batch
 
-    def _waiting_inputs(self) -> int:
-        return sum(len(i) for i, f in self.queue if not f.done())
+    def _worth_waiting(self) -> bool:
+        """More inputs may come soon: the batch has room and some HTTP request in progress is not in the queue."""
+        waiting = [i for i, f in self.queue if not f.done()]
+        return (sum(len(i) for i in waiting) < self.limits.max_batch_size
+                and self.metrics.in_flight > len(waiting))
 
     async def _run_forever(self) -> None:
         loop = asyncio.get_running_loop()
         wake = self._wake
+        assert wake is not None
         while True:
             if not self.queue:
-                wake.clear()  # type: ignore[union-attr]
-                await wake.wait()  # type: ignore[union-attr]
-            deadline = loop.time() + self.limits.max_wait_ms / 1000
-            while self._waiting_inputs() < self.limits.max_batch_size and loop.time() < deadline:
-                wake.clear()  # type: ignore[union-attr]
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(wake.wait(), deadline - loop.time())  # type: ignore[union-attr]
+                wake.clear()
+                await wake.wait()
+            if self.limits.max_wait_ms > 0 and self._worth_waiting():
+                # One timer for the whole wait; every submit wakes the worker to look again.
+                timer = loop.call_later(self.limits.max_wait_ms / 1000, wake.set)
+                deadline = loop.time() + self.limits.max_wait_ms / 1000
+                try:
+                    while loop.time() < deadline and self._worth_waiting():
+                        wake.clear()
+                        await wake.wait()
+                finally:
+                    timer.cancel()
             batch = self._take()
             if batch:
                 await self._run(batch)
@@ -97,7 +112,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         flat = [x for inputs, _ in batch for x in inputs]
         self.batches += 1
-        self.metrics.batch_size.labels(self.model, self.op).observe(len(flat))
+        self._sizes.observe(len(flat))
         try:
             outputs = await loop.run_in_executor(self.executor, self.fn, flat)
         except Exception as exc:  # noqa: BLE001 - attribute the failure: rerun each request alone
@@ -112,7 +127,9 @@ class Batcher:
             return
         start = 0
         for inputs, future in batch:
-            _settle(future, outputs[start:start + len(inputs)])
+            mine = outputs[start:start + len(inputs)]
+            failed = next((o for o in mine if isinstance(o, BaseException)), None)
+            _settle(future, mine, failed)  # an input the batch function refused fails its own request only
             start += len(inputs)
 
 

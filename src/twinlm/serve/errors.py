@@ -12,7 +12,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import TwinLMError
 
 TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-         405: "invalid_request_error", 413: "request_too_large", 422: "invalid_request_error",
+         405: "invalid_request_error", 408: "timeout_error", 413: "request_too_large", 422: "invalid_request_error",
          429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error", 500: "server_error"}
 
 

@@ -14,7 +14,8 @@ class Limits:
 
     max_input_tokens: tokens per input text (also capped by what the model takes, where it has to fit at once);
     max_tokens_cap: the most new tokens one completion may ask for; max_body_bytes: request body size;
-    timeout_s: per-request time limit (504 after it); max_queue: requests waiting per model and operation before
+    timeout_s: per-request time limit (504 after it; 408 when the body itself has not arrived by then, so a client
+    trickling bytes cannot hold a connection); max_queue: requests waiting per model and operation before
     503 + Retry-After; max_batch_size / max_wait_ms: how requests are gathered into batches (batch size 1 turns
     batching off); max_streams: generation sequences decoded together per model (more wait in the queue).
     """

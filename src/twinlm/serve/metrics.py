@@ -9,7 +9,7 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
 class Metrics:
-    """requests, latency, batch sizes, queue depth, active streams and tokens generated."""
+    """requests, latency, requests in progress, batch sizes, queue depth, active streams and tokens generated."""
 
     content_type = CONTENT_TYPE_LATEST
 
@@ -26,6 +26,11 @@ class Metrics:
         self.tokens = Counter("twinlm_tokens_generated", "Tokens generated", ["model"], registry=r)
         self.rejected = Counter("twinlm_rejected", "Requests refused because a queue was full", ["model", "op"],
                                 registry=r)
+        # HTTP requests in progress, kept by the app's middleware; a plain int because the batchers read it on
+        # every wake-up, published through a gauge read at scrape time.
+        self.in_flight = 0
+        Gauge("twinlm_requests_in_progress", "HTTP requests in progress", registry=r).set_function(
+            lambda: self.in_flight)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -73,8 +73,8 @@ class Served:
                 "parameters": self.lm.num_parameters(), "mask_token": self.tokenizer.id_to_token(
                     self.tokenizer.mask_id), "format": self.loaded.info.get("format")}
 
-    async def run(self, op: str, inputs: list[Any]) -> list[Any]:
-        return await self.batchers[op].submit(inputs)
+    async def run(self, op: str, inputs: list[Any], timeout: float | None = None) -> list[Any]:
+        return await self.batchers[op].submit(inputs, timeout)
 
     # ------------------------------------------------------------------ batch functions (worker thread)
 
@@ -111,25 +111,19 @@ class Served:
         return vecs.float().cpu().tolist()
 
     def _fill_mask(self, items: list[tuple[str, int]]) -> list[Any]:
-        from ..pipelines import fill_mask
+        from .batched import fill_mask_many
 
-        return [fill_mask(self.lm, self.tokenizer, text, top_k=k) for text, k in items]
+        return fill_mask_many(self.lm, self.tokenizer, items)
 
     def _mask_predict(self, items: list[tuple[str, int, int]]) -> list[Any]:
-        from ..generate import mask_predict
+        from .batched import mask_predict_many
 
-        return [mask_predict(self.lm, self.tokenizer, p, max_new_tokens=n, steps=s) for p, n, s in items]
+        return mask_predict_many(self.lm, self.tokenizer, items)
 
-    def _score(self, items: list[tuple[str, str]]) -> list[dict[str, Any]]:
-        from ..scoring import perplexity, pseudo_perplexity
+    def _score(self, items: list[tuple[str, str]]) -> list[Any]:
+        from .batched import score_many
 
-        out = []
-        for text, paradigm in items:
-            if paradigm == "causal":
-                out.append(perplexity(self.lm, self.tokenizer, text).to_dict())
-            else:
-                out.append(pseudo_perplexity(self.lm, self.tokenizer, text))
-        return out
+        return score_many(self.lm, self.tokenizer, items)
 
 
 class Registry:

@@ -27,10 +27,11 @@ def _state(request: Request) -> tuple[Registry, Any]:
     return request.app.state.registry, request.app.state.limits
 
 
-async def _timed(request: Request, awaitable: Any) -> Any:
+async def _batched(request: Request, served: Served, op: str, inputs: list[Any]) -> list[Any]:
+    """The outputs of a batched call under the per-request time limit (504 after it)."""
     limits = request.app.state.limits
     try:
-        return await asyncio.wait_for(awaitable, limits.timeout_s)
+        return await served.run(op, inputs, limits.timeout_s)
     except asyncio.TimeoutError:
         raise ApiError(504, f"the request took longer than the {limits.timeout_s:g} s limit") from None
 
@@ -82,7 +83,7 @@ async def embeddings(body: S.EmbeddingRequest, request: Request) -> dict[str, An
     served = _state(request)[0].pick(body.model, "embeddings")
     texts = _fit_all(served, _texts(body.input, "input"), "input", body.truncate, _limit(served, 2))
     rows = [served.tokenizer.encode(t, add_special=True) for t in texts]
-    vecs = await _timed(request, served.run("embeddings", rows))
+    vecs = await _batched(request, served, "embeddings", rows)
     n = sum(len(r) for r in rows)
     return {"data": [{"index": i, "embedding": v} for i, v in enumerate(vecs)], "model": served.name,
             "usage": {"prompt_tokens": n, "total_tokens": n}}
@@ -92,7 +93,7 @@ async def embeddings(body: S.EmbeddingRequest, request: Request) -> dict[str, An
 async def fill_mask(body: S.FillMaskRequest, request: Request) -> dict[str, Any]:
     served = _state(request)[0].pick(body.model, "fill-mask")
     text = _fit_all(served, [body.text], "text", body.truncate, _limit(served, 2))[0]
-    (preds,) = await _timed(request, served.run("fill-mask", [(text, body.top_k)]))
+    (preds,) = await _batched(request, served, "fill-mask", [(text, body.top_k)])
     return {"model": served.name, "masks": [[p.__dict__ for p in row] for row in preds]}
 
 
@@ -107,16 +108,19 @@ async def classify(body: S.ClassifyRequest, request: Request) -> dict[str, Any]:
         if len(pairs) != len(texts):
             raise ApiError(422, f"text_pair has {len(pairs)} texts and text {len(texts)}; give one pair per text",
                            "text_pair")
-    results = await _timed(request, served.run("classify", list(zip(texts, pairs, strict=True))))
+    results = await _batched(request, served, "classify", list(zip(texts, pairs, strict=True)))
     return {"model": served.name, "results": results}
 
 
 @router.post("/v1/answer", response_model=S.AnswerResponse, tags=["tasks"])
 async def answer(body: S.AnswerRequest, request: Request) -> dict[str, Any]:
     served = _state(request)[0].pick(body.model, "answer")
-    question = _fit_all(served, [body.question], "question", body.truncate, _limit(served))[0]
+    # The question must leave the context room in a window (twinlm.data.tasks.featurize_qa: [CLS] q [SEP] at
+    # least 8 context tokens [SEP]); it keeps at most 64 question tokens anyway.
+    room = (served.loaded.info.get("task") or {}).get("max_seq_len", 128) - 3 - 8
+    question = _fit_all(served, [body.question], "question", body.truncate, min(_limit(served), max(room, 1)))[0]
     context = _fit_all(served, [body.context], "context", body.truncate, _limit(served))[0]
-    (span,) = await _timed(request, served.run("answer", [(question, context)]))
+    (span,) = await _batched(request, served, "answer", [(question, context)])
     return {"model": served.name, **{k: _finite(v) for k, v in span.items()}}
 
 
@@ -124,7 +128,7 @@ async def answer(body: S.AnswerRequest, request: Request) -> dict[str, Any]:
 async def tag(body: S.TagRequest, request: Request) -> dict[str, Any]:
     served = _state(request)[0].pick(body.model, "tag")
     texts = _fit_all(served, _texts(body.text, "text"), "text", body.truncate, _limit(served))
-    return {"model": served.name, "results": await _timed(request, served.run("tag", texts))}
+    return {"model": served.name, "results": await _batched(request, served, "tag", texts)}
 
 
 @router.post("/v1/score", response_model=S.ScoreResponse, tags=["encoders"])
@@ -134,7 +138,7 @@ async def score(body: S.ScoreRequest, request: Request) -> dict[str, Any]:
     if paradigm not in served.config.paradigms:
         raise ApiError(400, f"model {served.name!r} is a {served.kind}; it has no {paradigm} score", "paradigm")
     text = _fit_all(served, [body.text], "text", body.truncate, _limit(served))[0]
-    (scores,) = await _timed(request, served.run("score", [(text, paradigm)]))
+    (scores,) = await _batched(request, served, "score", [(text, paradigm)])
     return {"model": served.name, "paradigm": paradigm, "scores": {k: _finite(v) for k, v in scores.items()}}
 
 
@@ -152,11 +156,14 @@ async def mask_predict(body: S.MaskPredictRequest, request: Request) -> dict[str
     check_max_tokens(body.max_tokens, served.limits.max_tokens_cap)
     prompt = _fit_all(served, [body.prompt], "prompt", False, _limit(served, 2 + body.max_tokens))[0] \
         if body.prompt else ""
-    (gen,) = await _timed(request, served.run("mask-predict", [(prompt, body.max_tokens, body.steps)]))
+    (gen,) = await _batched(request, served, "mask-predict", [(prompt, body.max_tokens, body.steps)])
     return {"model": served.name, "text": gen.text, "token_ids": gen.token_ids}
 
 
 # ----------------------------------------------------------------------------------------------- completions
+
+
+MIN_TEMPERATURE = 1e-6
 
 
 def _generation_config(body: S.CompletionRequest) -> Any:
@@ -165,6 +172,10 @@ def _generation_config(body: S.CompletionRequest) -> Any:
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     if len(stops) > 4 or any(not s for s in stops):
         raise ApiError(422, "stop takes at most 4 non-empty strings", "stop")
+    if 0 < body.temperature < MIN_TEMPERATURE:
+        # logits / t overflows float32 (every logit inf, the softmax NaN) long before t reaches 0.
+        raise ApiError(422, f"temperature is {body.temperature:g}; use 0 for greedy decoding or at least "
+                            f"{MIN_TEMPERATURE:g}", "temperature")
     return GenerationConfig(max_new_tokens=body.max_tokens, temperature=body.temperature, top_k=body.top_k,
                             top_p=body.top_p, seed=body.seed, stop_strings=tuple(stops))
 
@@ -197,13 +208,16 @@ async def completions(body: S.CompletionRequest, request: Request) -> Any:
     prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
     if not prompts:
         raise ApiError(422, "prompt is an empty list", "prompt")
+    if len(prompts) > served.limits.max_queue:  # could never fit the queue: not an overload to retry
+        raise ApiError(422, f"prompt is a list of {len(prompts)} prompts; this server takes at most "
+                            f"{served.limits.max_queue} per request", "prompt")
     config = _generation_config(body)
     ids = _prompt_ids(served, prompts, body.max_tokens, body.truncate)
     engine = served.engine
     reqs = []
     try:
         for p in ids:
-            reqs.append(engine.submit(p, config))  # type: ignore[union-attr]
+            reqs.append(engine.submit(p, config, incremental=body.stream))  # type: ignore[union-attr]
     except ApiError:
         for r in reqs:
             r.cancel()
@@ -236,18 +250,23 @@ async def completions(body: S.CompletionRequest, request: Request) -> Any:
 
 async def _events(req: Any, deadline: float) -> AsyncIterator[tuple]:
     """A request's ("piece", text) events, ending with ("done", reason, n); errors and the deadline raise."""
-    while True:
-        left = deadline - time.monotonic()
-        try:
-            event = await asyncio.wait_for(req.events.get(), max(left, 0.0))
-        except asyncio.TimeoutError:
-            req.cancel()
-            raise ApiError(504, "the completion took longer than the per-request time limit") from None
-        if event[0] == "error":
-            raise ApiError(500, f"decoding failed: {type(event[1]).__name__}: {event[1]}")
-        yield event
-        if event[0] == "done":
-            return
+    loop = asyncio.get_running_loop()
+    # One timer for the whole request (not a wait_for, and its task, per event): at the deadline it puts a
+    # "timeout" event in the queue.
+    timer = loop.call_at(loop.time() + max(deadline - time.monotonic(), 0.0), req.events.put_nowait, ("timeout",))
+    try:
+        while True:
+            event = await req.events.get()
+            if event[0] == "timeout":
+                req.cancel()
+                raise ApiError(504, "the completion took longer than the per-request time limit")
+            if event[0] == "error":
+                raise ApiError(500, f"decoding failed: {type(event[1]).__name__}: {event[1]}")
+            yield event
+            if event[0] == "done":
+                return
+    finally:
+        timer.cancel()
 
 
 async def _sse(head: dict[str, Any], reqs: list[Any], deadline: float) -> AsyncIterator[str]:

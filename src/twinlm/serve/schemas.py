@@ -6,20 +6,38 @@ extras; twinlm's own bodies refuse unknown fields so a typo is an error. No fiel
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Text = Field(min_length=1, max_length=200_000)
 ModelName = Field(None, description="a model given to `twinlm serve --model NAME=PATH`; default: the first that "
                                     "serves this endpoint", max_length=200)
 
 
-class Own(BaseModel):
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _Texts(BaseModel):
+    """JSON can carry a lone UTF-16 surrogate ("\\ud800"), which Python keeps in a str but no tokenizer can encode:
+    refused here as a 422 naming the field, not met later as a server error."""
+
+    @field_validator("*")
+    @classmethod
+    def _valid_unicode(cls, value: Any) -> Any:
+        for text in [value] if isinstance(value, str) else value if isinstance(value, list) else []:
+            if isinstance(text, str) and _SURROGATE.search(text):
+                raise ValueError("contains a lone UTF-16 surrogate such as \\ud800, which is not text; send valid "
+                                 "Unicode")
+        return value
+
+
+class Own(_Texts):
     model_config = ConfigDict(extra="forbid")
 
 
-class OpenAI(BaseModel):
+class OpenAI(_Texts):
     model_config = ConfigDict(extra="ignore")
 
 
