@@ -141,18 +141,33 @@ def squad(path: Path, paragraphs: list[dict]) -> Path:
 CONTEXT = "alice visited paris in may and bob lives in london"
 
 
-def test_read_squad_keeps_valid_answers_and_counts_misplaced(tmp_path):
+def test_read_squad_moves_misplaced_answers_and_keeps_absent_ones_for_scoring(tmp_path):
     path = squad(tmp_path / "s.json", [{"context": CONTEXT, "qas": [
         {"id": "q1", "question": "where did alice go", "answers": [{"text": "paris", "answer_start": 14},
-                                                                  {"text": "paris", "answer_start": 3}]},
-        {"id": "q2", "question": "who", "answers": [{"text": "bob", "answer_start": 0}]},  # misplaced: dropped
+                                                                  {"text": "paris", "answer_start": 13}]},
+        {"id": "q2", "question": "who", "answers": [{"text": "in", "answer_start": 36}]},  # 'in' at 20 and 41
         {"id": "q3", "question": "what", "answers": [], "is_impossible": True},
+        {"id": "q4", "question": "why", "answers": [{"text": "a free-form answer", "answer_start": -1},
+                                                    {"text": "london", "answer_start": 44}]},
     ]}])
-    with pytest.warns(UserWarning, match="skipped 2 answer"):
+    with pytest.warns(UserWarning) as caught:
         ex = T.read_squad(path)
-    assert [e.qid for e in ex] == ["q1", "q3"]
-    assert ex[0].answers == ["paris"] and ex[0].starts == [14] and ex[0].context == CONTEXT
-    assert ex[1].impossible and ex[1].answers == []
+    assert sorted(str(w.message).split(": ")[1] for w in caught) == [
+        "1 answer(s) do not occur in their context; they count as reference answers when scoring, never as "
+        "training spans",
+        "2 answer(s) are not at their answer_start; the nearest occurrence of their text in the context is used"]
+    assert [e.qid for e in ex] == ["q1", "q2", "q3", "q4"]
+    assert ex[0].answers == ["paris", "paris"] and ex[0].starts == [14, 14] and ex[0].context == CONTEXT
+    assert ex[1].starts == [41] and CONTEXT[41:43] == "in"  # the occurrence nearest to 36, not the first
+    assert ex[2].impossible and ex[2].answers == []
+    assert ex[3].answers == ["a free-form answer", "london"] and ex[3].starts == [-1, 44]
+
+
+def test_featurize_qa_trains_on_the_first_reference_found_in_the_context(tok):
+    ex = T.QAExample("q", "where", CONTEXT, ["not in the text", "london"], [-1, CONTEXT.index("london")])
+    (feat,) = T.featurize_qa([ex], tok, max_len=64)
+    s, e = feat["start_positions"], feat["end_positions"]
+    assert s > 0 and CONTEXT[feat["offsets"][s][0]:feat["offsets"][e][1]] == "london"
 
 
 @pytest.mark.parametrize("content, match", [

@@ -189,14 +189,14 @@ def test_empty_text_is_an_error(tmp_path):
         T.read_classification(bad)
 
 
-def test_misplaced_answer_is_skipped_with_a_counted_warning(tmp_path):
+def test_misplaced_answer_moves_to_where_its_text_is_with_a_counted_warning(tmp_path):
     f = tmp_path / "s.json"
     f.write_text(json.dumps({"data": [{"paragraphs": [{"context": "abc def", "qas": [
         {"id": "1", "question": "q", "answers": [{"text": "def", "answer_start": 4},
                                                  {"text": "def", "answer_start": 0}]}]}]}]}))
-    with pytest.warns(UserWarning, match="skipped 1 answer"):
+    with pytest.warns(UserWarning, match=r"1 answer\(s\) are not at their answer_start"):
         examples = T.read_squad(f)
-    assert examples[0].answers == ["def"]
+    assert examples[0].answers == ["def", "def"] and examples[0].starts == [4, 4]
 
 
 def test_context_without_answer_in_any_window_is_handled(base):

@@ -26,14 +26,14 @@ LAYERS: list[list[str]] = [
     ["attention"],  # 2
     ["model"],  # 3: the backbone
     ["objectives", "heads", "data.readers", "evaluate", "plots"],  # 4: what sits on the backbone, plain helpers
-    ["tokenizer", "textstream", "data.corpus", "data.blocks", "data.tasks"],  # 5: text -> ids
+    ["tokenizer", "textstream", "data.corpus", "data.segment", "data.blocks", "data.tasks"],  # 5: text -> ids
     ["checkpoint", "runfolder", "hf", "hf.*"],  # 6: model folders on disk: twinlm and Hugging Face formats
     ["loading"],  # 7: the one door in for a model
     ["train"],  # 8
     ["pretrain", "runs", "finetune", "processors", "decoding", "generate", "beam", "masked", "scoring",
      "measures"],  # 9: training runs, decoding, scoring
     ["pipelines", "quickstart"],  # 10
-    ["compare", "compare.*", "serve", "serve.*"],  # 11
+    ["compare", "compare.*", "glue", "glue.*", "serve", "serve.*"],  # 11
     ["cli*", "__main__"],  # 12: command line
 ]
 

@@ -92,6 +92,40 @@ def test_whole_word_masking_never_splits_a_word(fixed):
         assert abs(rate - 0.15) < 0.01
 
 
+@pytest.mark.parametrize("fixed", [False, True])
+def test_whole_word_masking_with_per_position_word_starts(fixed):
+    """Flags stored at prepare time (e.g. jieba words) replace the vocabulary table: words follow the flags."""
+    ids, am = _batch(rows=200)
+    flags = torch.rand(ids.shape, generator=torch.Generator().manual_seed(5)) < 0.4  # words of 2.5 tokens on average
+    no_table = MLMMasker(MASK_ID, VOCAB, SPECIAL, whole_word=True, fixed_count=fixed)
+    selected = no_table.select(ids, am, torch.Generator().manual_seed(2), word_starts=flags)
+    selectable = am.bool() & (ids > 4)
+    assert not (selected & ~selectable).any()
+    # A position that continues a word (no flag, after a selectable token) shares the selection of the one before.
+    inside = selectable[:, 1:] & selectable[:, :-1] & ~flags[:, 1:]
+    assert inside.sum() > 50_000
+    assert torch.equal(selected[:, 1:][inside], selected[:, :-1][inside])
+    if fixed:
+        k = round(0.15 * int(selectable.sum(1).max()))
+        assert (selected.sum(1) <= k).all() and (selected.sum(1) >= k - 15).all()
+    else:  # words are chosen independently with p = 0.15; the fraction's sd is about 0.0023 here
+        assert abs(selected.sum() / selectable.sum() - 0.15) < 0.01
+    # The flags win over a table: a masker with one selects the same positions from the same draws.
+    with_table = MLMMasker(MASK_ID, VOCAB, SPECIAL, whole_word=True, fixed_count=fixed, continuation=_continuation())
+    assert torch.equal(with_table.select(ids, am, torch.Generator().manual_seed(2), word_starts=flags), selected)
+
+
+def test_word_starts_misuse_is_a_clear_error():
+    ids, _ = _batch(rows=2, L=16)
+    flags = torch.ones_like(ids, dtype=torch.bool)
+    with pytest.raises(ConfigError, match="without whole_word=True"):
+        MLMMasker(MASK_ID, VOCAB, SPECIAL).select(ids, None, word_starts=flags)
+    with pytest.raises(ConfigError, match=r"word_starts has shape \(2, 15\), the input ids \(2, 16\)"):
+        MLMMasker(MASK_ID, VOCAB, SPECIAL, whole_word=True).select(ids, None, word_starts=flags[:, 1:])
+    with pytest.raises(ConfigError, match="needs word-start flags or the tokenizer's continuation table"):
+        MLMMasker(MASK_ID, VOCAB, SPECIAL, whole_word=True).select(ids, None)
+
+
 def test_whole_word_with_real_tokenizers(shared_data):
     from twinlm.tokenizer import load_tokenizer
 

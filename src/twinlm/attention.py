@@ -44,8 +44,13 @@ def causal_mask(q_len: int, k_len: int, device: torch.device | None = None, dtyp
 
 
 def padding_mask(attention_mask: torch.Tensor, dtype=torch.float32) -> torch.Tensor:
-    """Additive mask of shape (B, 1, 1, K) from a (B, K) 1/0 attention mask: -inf on padded key columns."""
-    keep = attention_mask.to(torch.bool)[:, None, None, :]
+    """Additive mask of shape (B, 1, 1, K) from a (B, K) 1/0 attention mask: -inf on padded key columns.
+
+    A (B, Q, K) mask says per query which keys it may see (packed rows: each example sees only itself) and gives
+    (B, 1, Q, K).
+    """
+    keep = attention_mask.to(torch.bool)
+    keep = keep[:, None, None, :] if keep.dim() == 2 else keep[:, None]
     zeros = torch.zeros(keep.shape, dtype=dtype, device=attention_mask.device)
     return zeros.masked_fill(~keep, neg_inf(dtype))
 
@@ -88,7 +93,10 @@ def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torc
 
 
 def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(B, 1, ...): position rows[b] of each row b of x (B, T, ...)."""
+    """(B, 1, ...): position rows[b] of each row b of x (B, T, ...); or, for rows (N, 2) of (row, position)
+    pairs (several examples packed in one row), (N, 1, ...): position p of row r for each pair."""
+    if rows.dim() == 2:
+        return x[rows[:, 0], rows[:, 1]].unsqueeze(1)
     return x[torch.arange(x.size(0), device=x.device), rows].unsqueeze(1)
 
 
@@ -217,6 +225,9 @@ class SelfAttention(nn.Module):
 
         rows (B,): compute the output only at position rows[b] of each row (keys and values still come from every
         position), so the output is (B, 1, D): what a head that reads one position needs from the last block.
+        rows (N, 2) of (row, position) pairs does the same for N examples packed in B rows: output (N, 1, D), each
+        query seeing the keys of its own row that attention_mask (B, T, T) lets it see.
+        attention_mask may be (B, T, K): per query, the keys it may see (packed rows; no KV cache).
         """
         B, T, D = x.shape
         kv_dim = self.kv_heads * self.head_dim
@@ -228,8 +239,20 @@ class SelfAttention(nn.Module):
             w, bias = self.qkv.weight, self.qkv.bias
             q = F.linear(gather_rows(x, rows), w[:D], None if bias is None else bias[:D])
             k, v = F.linear(x, w[D:], None if bias is None else bias[D:]).split([kv_dim, kv_dim], dim=-1)
+            position = rows
+            if rows.dim() == 2:  # packed: each example's query reads the keys of its own row
+                which, position = rows[:, 0], rows[:, 1]
+                k, v = k[which], v[which]
+                if rope is not None:
+                    rope = tuple(r.expand(B, -1, -1)[which] for r in rope)
+                if attention_mask is not None:
+                    attention_mask = (attention_mask[which, position] if attention_mask.dim() == 3
+                                      else attention_mask[which])
+                B, rows = which.numel(), position
+            elif attention_mask is not None and attention_mask.dim() == 3:
+                attention_mask = attention_mask[torch.arange(B, device=x.device), rows]
             if kind == "causal":  # the query sits at rows[b], not at the end: mask the keys after it explicitly
-                after = torch.arange(T, device=x.device)[None, :] > rows[:, None]
+                after = torch.arange(T, device=x.device)[None, :] > position[:, None]
                 keep = ~after if attention_mask is None else attention_mask.bool() & ~after
                 attention_mask, kind = keep, "bidirectional"
         q = q.view(B, q.size(1), self.n_heads, self.head_dim).transpose(1, 2)

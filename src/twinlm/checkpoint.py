@@ -109,15 +109,47 @@ def scratch_path(folder: Path, kind: str) -> Path:
 
 
 def remove_stale_scratch(parent: Path, name: str | None = None) -> None:
-    """Delete temp/old folders of saves whose process died (SIGKILL, power loss) so they do not fill disks."""
+    """Delete temp/old folders and files of saves whose process died (SIGKILL, power loss) so they do not fill disks.
+
+    A save killed between its two renames leaves the previous checkpoint only under its "old" name: when that
+    checkpoint is complete and its own name is free, it is put back instead of deleted.
+    """
     if not parent.is_dir():
         return
-    for entry in parent.iterdir():
+    for entry in sorted(parent.iterdir()):
         m = _SCRATCH_RE.fullmatch(entry.name)
-        if not m or not entry.is_dir() or (name is not None and m["name"] != name):
+        if not m or (name is not None and m["name"] != name) or _pid_alive(int(m["pid"])):
             continue
-        if not _pid_alive(int(m["pid"])):
+        if entry.is_dir():
+            home = parent / m["name"]
+            if entry.name.startswith(f".{m['name']}.old-") and not home.exists() and _complete(entry):
+                os.rename(entry, home)
+                continue
             shutil.rmtree(entry, ignore_errors=True)
+        elif entry.is_file():  # a file written aside by write_text_atomic
+            entry.unlink(missing_ok=True)
+
+
+def _complete(folder: Path) -> bool:
+    """Whether ``folder`` holds a checkpoint or model folder whose manifest verifies."""
+    try:
+        verify_checkpoint(folder, deep=True)
+    except CheckpointError:
+        return False
+    return True
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Replace a small text file (a log, a metrics file) in one step: a crash leaves the old or the new text."""
+    path = Path(path)
+    tmp = scratch_path(path, "tmp")
+    try:
+        _write_text(tmp, text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 # --------------------------------------------------------------------------- JSON helpers
@@ -232,11 +264,20 @@ def _atomic_save(folder: str | Path, fill: Callable[[Path], None]) -> Path:
         if not isinstance(exc, Exception):  # KeyboardInterrupt / SystemExit: clean up but keep their meaning
             raise
         tail = "the previous checkpoint is untouched" if existed else "nothing was left behind"
+        if _disk_full(exc):
+            tail += f"; free some space on the disk holding {parent}, then run again"
         raise CheckpointError(f"could not write checkpoint {folder}: {exc}; {tail}") from exc
     if existed:
         shutil.rmtree(old, ignore_errors=True)
     remove_stale_scratch(parent, name)
     return folder
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether a write failed for lack of space (safetensors reports it as its own error type, not an OSError)."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return "No space left on device" in str(exc) or "os error 28" in str(exc)
 
 
 def _model_filler(model_state: Mapping[str, torch.Tensor], config: ModelConfig, tokenizer: Any | None):

@@ -47,22 +47,26 @@ def _tokenizer_arguments(p: argparse.ArgumentParser) -> None:
     tt = actions.add_parser("train", help="train WordPiece, byte-level BPE or char tokenizer on text files",
                             description="train WordPiece, byte-level BPE or char tokenizer on text files",
                             epilog=p.epilog, formatter_class=p.formatter_class)  # `tokenizer`'s example is this one's
-    tt.add_argument("files", nargs="+", help=".txt, .txt.gz, .jsonl or .parquet files")
+    tt.add_argument("files", nargs="+", help=".txt, .txt.gz, .jsonl, .parquet, or .tsv/.csv (header row) files")
     tt.add_argument("--kind", default="bpe", choices=["wordpiece", "bpe", "char"])
     tt.add_argument("--vocab-size", type=int, default=8000)
     tt.add_argument("--min-frequency", type=int, default=2)
-    tt.add_argument("--text-field", default="text", help="field or column holding the text in .jsonl/.parquet")
+    tt.add_argument("--text-field", default="text",
+                    help="field or column holding the text in .jsonl/.parquet/.tsv/.csv")
     tt.add_argument("--out", required=True, help="folder for tokenizer.json")
 
 
 def _prepare_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("files", nargs="+", help=".txt, .txt.gz, .jsonl or .parquet files or folders")
+    p.add_argument("files", nargs="+", help=".txt, .txt.gz, .jsonl, .parquet, .tsv/.csv (header row) files or folders")
     p.add_argument("--tokenizer", required=True, help="tokenizer folder (twinlm, tokenizer.json, vocab.txt, ...)")
     p.add_argument("--out", required=True)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--workers", type=int, default=0, help="tokenizing processes (0: one per core)")
-    p.add_argument("--text-field", default="text")
+    p.add_argument("--text-field", default="text", help="field or column holding the text in .jsonl/.parquet/.tsv/.csv")
     p.add_argument("--skip-bad-lines", action="store_true", help="warn and skip undecodable or malformed lines")
+    p.add_argument("--segmenter", default=None, choices=["jieba"],
+                   help="also store word-start flags from this word segmenter, for Chinese whole-word masking "
+                        "(pretrain --whole-word); needs pip install 'twinlm[zh]'")
 
 
 def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
@@ -76,7 +80,9 @@ def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--position", default="learned", choices=["learned", "rotary"],
                    help="learned position table (BERT/GPT-2) or rotary (RoPE): rotary learns faster on small budgets")
     p.add_argument("--mask-prob", type=float, default=0.15)
-    p.add_argument("--whole-word", action="store_true", help="mask whole words (WordPiece ## and BPE word starts)")
+    p.add_argument("--whole-word", action="store_true",
+                   help="mask whole words: the word-start flags of prepare --segmenter when the data has them, "
+                        "else WordPiece ## and BPE word starts")
     p.add_argument("--fixed-count", action="store_true", help="mask exactly round(p*L) tokens per row")
     p.add_argument("--hybrid", default=None, help="phases, e.g. 'clm:4,mlm:16,clm:4' (AntLM)")
     p.add_argument("--mlm-ratio", type=float, default=None, help="hybrid per-step mix: fraction of MLM steps")
@@ -154,9 +160,16 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 
     tok = load_tokenizer(args.tokenizer)
     meta = prepare_corpus(args.files, tok, args.out, val_fraction=args.val_fraction, workers=args.workers,
-                          text_field=args.text_field, on_error="skip" if args.skip_bad_lines else "raise")
+                          text_field=args.text_field, on_error="skip" if args.skip_bad_lines else "raise",
+                          segmenter=args.segmenter)
     print(f"{meta.n_docs} documents -> {meta.n_train:,} train + {meta.n_val:,} validation tokens ({meta.dtype}) "
           f"in {args.out}")
+    if meta.n_unk:
+        share = 100 * meta.n_unk / max(meta.n_train + meta.n_val, 1)
+        unk = getattr(tok, "special", {}).get("unk") or "[UNK]"
+        print(f"{meta.n_unk:,} tokens ({share:.3g}%) became {unk}")
+    if meta.segmenter:
+        print(f"word-start flags from {meta.segmenter} stored beside the shards (pretrain --whole-word uses them)")
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:

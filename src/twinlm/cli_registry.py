@@ -39,6 +39,7 @@ COMMAND_MODULES: dict[str, str] = {
     "cli_tasks": "fine-tune and use task models",
     "cli_generate": "generate and score text",
     "cli_compare": "compare the paradigms",
+    "cli_glue": "benchmark on GLUE",
     "cli_serve": "serve models over HTTP",
 }
 

@@ -22,6 +22,12 @@ def _data_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--problem", default="single_label", choices=["single_label", "multi_label", "regression"])
 
 
+def _metric_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metric", default="auto", choices=["auto", "squad", "cmrc"],
+                   help="qa: SQuAD's exact match/F1 or CMRC 2018's (characters, for Chinese); auto: cmrc when "
+                        "over 30%% of the context characters are Chinese")
+
+
 def _finetune_arguments(ft: argparse.ArgumentParser) -> None:
     ft.add_argument("--task", required=True, help="classify | qa | ner")
     ft.add_argument("--init", required=True, help="twinlm run/model folder or Hugging Face folder to start from")
@@ -34,6 +40,7 @@ def _finetune_arguments(ft: argparse.ArgumentParser) -> None:
     ft.add_argument("--max-eval-rows", type=int, default=None)
     ft.add_argument("--dropout", type=float, default=0.1, help="backbone dropout while fine-tuning")
     _data_flags(ft)
+    _metric_flag(ft)
     add_train_flags(ft)
     ft.set_defaults(lr=5e-5, warmup_steps=0, batch_size=32, eval_every=None, save_every=None)  # per epoch; at the end
 
@@ -45,6 +52,7 @@ def _evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="metrics JSON file (default: MODEL/eval_<file>.json)")
     p.add_argument("--max-rows", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=64)
+    _metric_flag(p)
 
 
 def _texts_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,7 +73,8 @@ def cmd_finetune(args: argparse.Namespace) -> None:
     opts = FinetuneOptions(task=args.task, max_seq_len=args.max_seq_len, doc_stride=args.doc_stride,
                            max_answer_len=args.max_answer_len, problem=args.problem, text_column=args.text_column,
                            pair_column=args.pair_column, label_column=args.label_column,
-                           max_train_rows=args.max_train_rows, max_eval_rows=args.max_eval_rows, dropout=args.dropout)
+                           max_train_rows=args.max_train_rows, max_eval_rows=args.max_eval_rows, dropout=args.dropout,
+                           metric=args.metric)
     cfg = train_config(args)
     cfg.patience = args.patience
     result, best = finetune_run(args.init, args.train, args.eval, args.out, opts, cfg, args.epochs, args.resume)
@@ -78,12 +87,14 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     """Run `twinlm evaluate`."""
-    from .finetune import _opts_for, build_data, score_task, task_info
+    from .checkpoint import write_text_atomic
+    from .finetune import _opts_for, build_data, check_metric, score_task, task_info
     from .loading import load_task_model
 
     model, tok = load_task_model(args.model, args.task)
     opts = _opts_for(model)
-    opts.eval_batch_size = args.batch_size
+    opts.eval_batch_size, opts.metric = args.batch_size, args.metric
+    check_metric(opts)
     data, _ = build_data(args.data, tok, opts, task_info(model)["labels"], False, args.max_rows)
     metrics, _ = score_task(model, data, tok, opts)
     for name, value in metrics.items():
@@ -91,7 +102,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     folder = Path(args.model)
     default = (folder if folder.is_dir() else folder.parent) / f"eval_{Path(args.data).stem}.json"
     out = Path(args.out) if args.out else default
-    out.write_text(json.dumps({"task": args.task, "data": str(args.data), **metrics}, indent=2) + "\n")
+    write_text_atomic(out, json.dumps({"task": args.task, "data": str(args.data), **metrics}, indent=2,
+                                      ensure_ascii=False) + "\n")
     print(f"metrics written to {out}")
 
 
@@ -102,7 +114,7 @@ def cmd_classify(args: argparse.Namespace) -> None:
 
     model, tok = load_task_model(args.model, "classify")
     for text, pred in zip(args.texts, classify(model, tok, args.texts), strict=True):
-        print(json.dumps({"text": text, **pred}))
+        print(json.dumps({"text": text, **pred}, ensure_ascii=False))  # Chinese labels as themselves
 
 
 def cmd_answer(args: argparse.Namespace) -> None:
@@ -117,7 +129,7 @@ def cmd_answer(args: argparse.Namespace) -> None:
         except OSError as exc:
             raise TwinLMError(f"{context[1:]}: cannot read the context file ({exc.strerror})") from None
     model, tok = load_task_model(args.model, "qa")
-    print(json.dumps(answer(model, tok, args.question, context)))
+    print(json.dumps(answer(model, tok, args.question, context), ensure_ascii=False))
 
 
 def cmd_tag(args: argparse.Namespace) -> None:
@@ -127,7 +139,7 @@ def cmd_tag(args: argparse.Namespace) -> None:
 
     model, tok = load_task_model(args.model, "ner")
     for text, found in zip(args.texts, tag(model, tok, args.texts), strict=True):
-        json.dump({"text": text, "entities": found}, sys.stdout)
+        json.dump({"text": text, "entities": found}, sys.stdout, ensure_ascii=False)
         print()
 
 
@@ -137,11 +149,14 @@ COMMANDS = [
                       "--train sst2_train.tsv --eval sst2_dev.tsv --out runs/sst2 --epochs 2",
                       "twinlm finetune --task qa --init runs/mlm --train squad_train.json --eval squad_dev.json "
                       "--out runs/qa --max-seq-len 256 --doc-stride 96",
-                      "twinlm finetune --task ner --init runs/mlm --train eng.train --eval eng.testa --out runs/ner"),
+                      "twinlm finetune --task ner --init runs/mlm --train eng.train --eval eng.testa --out runs/ner",
+                      "twinlm finetune --task classify --init runs/zh-mlm --train online_shopping_train.tsv "
+                      "--eval online_shopping_dev.tsv --label-column category --out runs/shopping"),
             add_arguments=_finetune_arguments, run=cmd_finetune),
     Command("evaluate", "metrics of a fine-tuned model on a labelled file",
             examples=("twinlm evaluate --task classify --model runs/sst2 --data sst2_dev.tsv",
-                      "twinlm evaluate --task qa --model runs/qa --data squad_dev.json --out qa_dev.json"),
+                      "twinlm evaluate --task qa --model runs/qa --data squad_dev.json --out qa_dev.json",
+                      "twinlm evaluate --task qa --model runs/cmrc --data cmrc2018_dev.json --metric cmrc"),
             add_arguments=_evaluate_arguments, run=cmd_evaluate),
     Command("classify", "label texts with a fine-tuned classifier",
             examples=('twinlm classify --model runs/sst2 "a charming and often affecting journey" "a dull mess"',),

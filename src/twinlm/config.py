@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,7 @@ class ModelConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (e.g. origin), kept in config.json
 
     def __post_init__(self) -> None:
+        self._check_types()
         if "objective" in self.extra:  # config.json files written before the typed field kept it among the notes
             extra = dict(self.extra)
             old = extra.pop("objective")  # always dropped, so it is never saved twice
@@ -74,8 +77,29 @@ class ModelConfig:
             self.objective = DEFAULT_OBJECTIVE.get(self.attention)
         self.validate()
 
+    def _check_types(self) -> None:
+        """Raise ConfigError naming the first field of the wrong type (a config.json edited by hand or damaged)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if default is None:  # an optional name (objective): None or text
+                ok, want = value is None or isinstance(value, str), "a name or null"
+            elif isinstance(default, bool):
+                ok, want = isinstance(value, bool), "true or false"
+            elif isinstance(default, int):
+                ok, want = isinstance(value, numbers.Integral) and not isinstance(value, bool), "a whole number"
+            elif isinstance(default, float):
+                ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+                want = "a finite number"
+            else:
+                ok, want = isinstance(value, type(default)), f"a {type(default).__name__}"
+            if not ok:
+                shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+                raise ConfigError(f"config field '{f.name}' is {shown}; expected {want}")
+
     def validate(self) -> None:
         """Raise ConfigError naming the first field whose value cannot work."""
+        self._check_types()
         for name in ("vocab_size", "n_layers", "d_model", "n_heads", "d_ff", "max_positions"):
             if int(getattr(self, name)) <= 0:
                 raise ConfigError(f"config field '{name}' must be a positive integer, got {getattr(self, name)!r}")
@@ -143,8 +167,12 @@ class ModelConfig:
         data = {k: v for k, v in data.items() if k != "model_type"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"{source}: unknown config field(s) {', '.join(unknown)}")
-        return cls(**data)
+            names = ", ".join(k if k.isidentifier() else repr(k) for k in unknown)  # repr: one line, whatever the key
+            raise ConfigError(f"{source}: unknown config field(s) {names}")
+        try:
+            return cls(**data)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
     @classmethod
     def load(cls, folder: str | Path) -> ModelConfig:
@@ -155,9 +183,11 @@ class ModelConfig:
         if not path.is_file():
             raise CheckpointError(f"{path}: no config.json here; pass a twinlm model or checkpoint folder")
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise CheckpointError(f"{path}: not valid JSON ({exc}); the file is corrupted") from None
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path}: expected a JSON object of config fields; the file is corrupted")
         if data.get("model_type", "twinlm") != "twinlm":
             raise CheckpointError(
                 f"{path}: model_type {data.get('model_type')!r} is not a twinlm config"

@@ -1,11 +1,13 @@
-"""Task metrics: accuracy and macro-F1, SQuAD exact match / F1, entity-level NER precision / recall / F1.
+"""Task metrics: accuracy and macro-F1, SQuAD and CMRC 2018 exact match / F1, entity-level NER precision / recall / F1.
 
 The SQuAD normalisation and the IOB2 entity rules follow the official SQuAD v1.1 script and seqeval's default
-(conlleval-style) IOB2 scheme; tests check both against hand-computed values and against seqeval itself.
+(conlleval-style) IOB2 scheme; the CMRC 2018 metric follows the official ``cmrc2018_evaluate.py``. Tests check them
+against hand-computed values and the entity rules against seqeval itself.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 import string
 from collections import Counter
@@ -74,6 +76,81 @@ def squad_metrics(predictions: dict[str, str], golds: dict[str, list[str]]) -> d
         f1 += max(squad_f1(pred, a) for a in answers)
     n = max(len(golds), 1)
     return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
+
+
+# -- CMRC 2018 ------------------------------------------------------------------------------------------------
+# The official script's punctuation list: a few ASCII marks and the common full-width ones. Its entry '……' is two
+# characters, so it never equals the one character compared against it: '…' is not removed there, nor here.
+# ASCII , . ? ! ( ) " are not in the list either, so they count, as in the official scores.
+CMRC_PUNCTUATION = frozenset("-:_*^/\\~`+=，。：？！“”；’《》·、「」（）－～『』")
+_CMRC_HAN = re.compile(r"[\u4e00-\u9fa5]")  # the official script's range: each such character is one token
+# A run of other characters is split the way nltk.word_tokenize splits English (the official script calls it):
+# words and numbers whole (3.5 and 1,000 included), any other mark its own token. nltk itself is not a dependency;
+# the rare differences (U.S., can't) change a token count inside an English run, never a Chinese character.
+_CMRC_WORD = re.compile(r"\w+(?:(?<=\d)[.,](?=\d)\w+)*|\S")
+
+
+def cmrc_segments(text: str, drop_punctuation: bool = False) -> list[str]:
+    """The official "mixed segmentation": lower-cased, each Chinese character and each listed punctuation mark
+    its own token, English words and numbers whole, white space dropped.
+
+    With drop_punctuation (as the F1 uses it) listed marks are skipped without ending the run they sit in, so
+    "abc-def" is the one token "abcdef", as in the official script.
+    """
+    out: list[str] = []
+    run: list[str] = []
+    for ch in text.lower().strip():
+        if ch in CMRC_PUNCTUATION and drop_punctuation:
+            continue
+        if ch in CMRC_PUNCTUATION or _CMRC_HAN.match(ch):
+            out.extend(_CMRC_WORD.findall("".join(run)))
+            run.clear()
+            out.append(ch)
+        else:
+            run.append(ch)
+    out.extend(_CMRC_WORD.findall("".join(run)))
+    return out
+
+
+def cmrc_exact(prediction: str, gold: str) -> float:
+    """1.0 when both are equal once lower-cased, stripped at the ends and cleared of the listed punctuation.
+
+    As in the official script, white space inside the answers is kept: "10 秒" does not equal "10秒".
+    """
+    def clean(text: str) -> str:
+        return "".join(ch for ch in text.lower().strip() if ch not in CMRC_PUNCTUATION)
+    return float(clean(prediction) == clean(gold))
+
+
+def cmrc_f1(prediction: str, gold: str) -> float:
+    """F1 from the longest common *contiguous* run of tokens (cmrc_segments without punctuation):
+    precision = run / prediction tokens, recall = run / reference tokens; 0 when nothing is shared.
+
+    An empty reference (never in CMRC's files, which have no unanswerable questions) matches only an empty
+    prediction, as in squad_f1."""
+    pred, ref = cmrc_segments(prediction, True), cmrc_segments(gold, True)
+    if not ref:
+        return float(not pred)
+    # difflib without its junk heuristic finds the exact longest common substring of two token lists.
+    common = difflib.SequenceMatcher(None, pred, ref, autojunk=False).find_longest_match(
+        0, len(pred), 0, len(ref)).size
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+def cmrc_metrics(predictions: dict[str, str], golds: dict[str, list[str]]) -> dict[str, float]:
+    """cmrc_exact_match and cmrc_f1 in percent, each the best over the reference answers, averaged over every
+    question of ``golds`` (one without a prediction scores 0, as the official script counts it)."""
+    em = f1 = 0.0
+    for qid, answers in golds.items():
+        pred = predictions.get(qid, "")
+        answers = answers or [""]
+        em += max(cmrc_exact(pred, a) for a in answers)
+        f1 += max(cmrc_f1(pred, a) for a in answers)
+    n = max(len(golds), 1)
+    return {"cmrc_exact_match": 100.0 * em / n, "cmrc_f1": 100.0 * f1 / n}
 
 
 # -- NER ------------------------------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import contextlib
 import json
 import math
 import os
-import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from torch import nn
 
 from .data import tasks as T
 from .errors import ConfigError, DataError
-from .evaluate import classification_metrics, entities, entity_metrics, squad_metrics
+from .evaluate import classification_metrics, cmrc_metrics, entities, entity_metrics, squad_metrics
 from .heads import TASKS, TaskLoss, TaskModel
 from .loading import Loaded, check_task, load
 from .model import LanguageModel, device_of
@@ -30,6 +29,26 @@ from .tokenizer import Tokenizer
 from .train import TrainConfig, Trainer, TrainResult
 
 BEST_METRIC = {"classify": "accuracy", "qa": "f1", "ner": "f1"}
+QA_METRICS = ("auto", "squad", "cmrc")
+CMRC_HAN_SHARE = 0.3  # auto: contexts with more than this share of Han characters are scored with CMRC's metric
+
+
+def check_metric(opts: FinetuneOptions) -> None:
+    """A --metric other than auto is a QA choice: anything else, or another task, is a ConfigError."""
+    if opts.metric not in QA_METRICS:
+        raise ConfigError(f"--metric {opts.metric!r} is unknown; choose one of {', '.join(QA_METRICS)}")
+    if opts.metric != "auto" and opts.task != "qa":
+        raise ConfigError(f"--metric {opts.metric} applies to --task qa only, not {opts.task}")
+
+
+def qa_metric(choice: str, examples: list) -> str:
+    """'squad' or 'cmrc': the choice itself, or for 'auto' CMRC 2018's metric when the contexts are Chinese."""
+    if choice not in QA_METRICS:
+        raise ConfigError(f"--metric {choice!r} is unknown; choose one of {', '.join(QA_METRICS)}")
+    if choice != "auto":
+        return choice
+    contexts = list(dict.fromkeys(ex.context for ex in examples))  # each paragraph once, however many questions
+    return "cmrc" if T.han_fraction(contexts) > CMRC_HAN_SHARE else "squad"
 
 
 @dataclass
@@ -44,8 +63,11 @@ class FinetuneOptions:
     label_column: str = "label"
     max_train_rows: int | None = None
     max_eval_rows: int | None = None
+    labels: list[str] | None = None  # the label order, fixed by the task (GLUE); None: sorted labels of the data
     eval_batch_size: int = 64
     dropout: float | None = 0.1  # backbone dropout while fine-tuning (BERT's 0.1); None keeps the checkpoint's
+    metric: str = "auto"  # qa: squad | cmrc | auto (CMRC 2018's for Chinese contexts, SQuAD's otherwise)
+    batching: str = "length"  # training batches: length (grouped, little padding) | random | pack (see train_batches)
 
 
 @dataclass
@@ -89,6 +111,94 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Row indices per inference batch: rows sorted by length, then cut every ``batch_size``."""
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+BATCHING = ("length", "random", "pack")
+POOL_BATCHES = 50  # length grouping sorts pools of this many batches (Hugging Face's group_by_length uses 50 too)
+
+
+def check_batching(opts: FinetuneOptions) -> None:
+    """An unknown --batching, or packing a task whose rows cannot be packed, is a ConfigError."""
+    if opts.batching not in BATCHING:
+        raise ConfigError(f"--batching {opts.batching!r} is unknown; choose one of {', '.join(BATCHING)}")
+    if opts.batching == "pack" and opts.task == "qa":
+        raise ConfigError("--batching pack: question answering reads positions inside each window, so its rows "
+                          "cannot be packed; use --batching length")
+
+
+def train_batches(lengths: list[int] | np.ndarray, batch_size: int, seed: int, epoch: int,
+                  how: str = "length", pool: int = POOL_BATCHES) -> list[np.ndarray]:
+    """One epoch of training batches (row indices): every row exactly once, in an order seeded by (seed, epoch).
+
+    'random' (and 'pack', which packs each random batch) cuts a permutation every ``batch_size`` rows. 'length' cuts
+    the permutation into pools of ``pool`` batches, sorts each pool by length and cuts it into batches, then shuffles
+    all the batches: a batch holds random rows of similar length (so dynamic padding adds little), and which
+    lengths come when is random, so the epoch stays an unbiased pass over the data. Only the epoch's last batch
+    can be short.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    if how != "length":
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    lengths = np.asarray(lengths)
+    span = batch_size * pool
+    batches = []
+    for i in range(0, len(order), span):
+        chunk = order[i:i + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size))
+    return [batches[k] for k in rng.permutation(len(batches))]
+
+
+def pack_examples(lengths: list[int], width: int) -> list[list[int]]:
+    """Indices of whole examples per row of at most ``width`` tokens, first fit by decreasing length."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        fit = next((r for r, free in enumerate(room) if lengths[i] <= free), None)
+        if fit is None:
+            rows.append([i])
+            room.append(width - lengths[i])
+        else:
+            rows[fit].append(i)
+            room[fit] -= lengths[i]
+    return rows
+
+
+def pack_collate(features: list[dict[str, Any]], pad_id: int, width: int) -> dict[str, torch.Tensor]:
+    """Several examples per row (see pack_examples): segment_ids number them 1, 2, ... in each row (0: padding),
+    position_ids restart at 0 for each, and sequence labels follow the examples in row-major order, which is the
+    order TaskModel returns their logits in. Token labels (NER) are packed like the ids."""
+    rows = pack_examples([len(f["input_ids"]) for f in features], width)
+    used = max(sum(len(features[i]["input_ids"]) for i in row) for row in rows)
+    shape = (len(rows), used)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    segments, positions, types = torch.zeros(shape, dtype=torch.long), torch.zeros(shape, dtype=torch.long), None
+    token_labels = "labels" in features[0] and isinstance(features[0]["labels"], list) and "word_ids" in features[0]
+    labels = torch.full(shape, T.IGNORE, dtype=torch.long) if token_labels else None
+    if "token_type_ids" in features[0]:
+        types = torch.zeros(shape, dtype=torch.long)
+    for r, row in enumerate(rows):
+        at = 0
+        for s, i in enumerate(row, 1):
+            f, n = features[i], len(features[i]["input_ids"])
+            ids[r, at:at + n] = torch.tensor(f["input_ids"])
+            segments[r, at:at + n] = s
+            positions[r, at:at + n] = torch.arange(n)
+            if types is not None:
+                types[r, at:at + n] = torch.tensor(f["token_type_ids"])
+            if labels is not None:
+                labels[r, at:at + n] = torch.tensor(f["labels"])
+            at += n
+    batch = {"input_ids": ids, "attention_mask": (segments != 0).long(), "segment_ids": segments,
+             "position_ids": positions}
+    if types is not None:
+        batch["token_type_ids"] = types
+    if labels is not None:
+        batch["labels"] = labels
+    elif "labels" in features[0]:  # one label per example: collate them in the packed order
+        batch["labels"] = T.collate([features[i] for row in rows for i in row], pad_id)["labels"]
+    return batch
 
 
 @torch.inference_mode()  # lighter than no_grad (no version counters, no view tracking); logits are only read
@@ -141,7 +251,8 @@ def score_task(model: TaskModel, data: TaskData, tokenizer: Tokenizer, opts: Fin
                              allow_impossible=any(ex.impossible for ex in data.examples))
         preds = {qid: s["answer"] for qid, s in spans.items()}
         golds = {ex.qid: ex.answers for ex in data.examples}
-        return squad_metrics(preds, golds), [spans[ex.qid] for ex in data.examples]
+        scorer = cmrc_metrics if qa_metric(opts.metric, data.examples) == "cmrc" else squad_metrics
+        return scorer(preds, golds), [spans[ex.qid] for ex in data.examples]
     preds = [_word_tags(f, x, labels) for f, x in zip(data.features, logits, strict=True)]
     gold = [ex.tags for ex in data.examples]
     metrics = entity_metrics(preds, gold)
@@ -170,29 +281,38 @@ def _word_tags(feature: dict[str, Any], logits: torch.Tensor, labels: list[str])
 
 
 class FinetuneTask:
-    """Trainer task: shuffled epochs over the training features; every batch a pure function of its step."""
+    """Trainer task: shuffled epochs over the training features (batched as opts.batching says, see
+    train_batches); every batch a pure function of its step."""
 
     def __init__(self, train: TaskData, evaluation: TaskData | None, tokenizer: Tokenizer, opts: FinetuneOptions,
                  batch_size: int, grad_accum: int, seed: int) -> None:
+        check_batching(opts)
         self.train, self.eval, self.tokenizer, self.opts = train, evaluation, tokenizer, opts
         self.batch_size, self.grad_accum, self.seed = batch_size, grad_accum, seed
+        self.lengths = np.array([len(f["input_ids"]) for f in train.features])
+        self._plan: tuple[int, int, list[np.ndarray]] | None = None  # (epoch, world, batches): the current epoch
 
     def loss_module(self, model: nn.Module) -> nn.Module:
         return TaskLoss(model)
 
-    def _order(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.train.features))
+    def epoch_batches(self, epoch: int, world: int = 1) -> list[np.ndarray]:
+        """The global batches (batch_size rows per process) of one epoch, computed once per epoch."""
+        if self._plan is None or self._plan[:2] != (epoch, world):
+            batches = train_batches(self.lengths, self.batch_size * world, self.seed, epoch, self.opts.batching)
+            self._plan = (epoch, world, batches)
+        return self._plan[2]
 
     def batch(self, step: int, micro: int, rank: int, world: int) -> dict[str, Any]:
-        n = len(self.train.features)
-        per = self.batch_size * world
-        first = (step * self.grad_accum + micro) * per + rank * self.batch_size
-        rows = []
-        for i in range(first, first + self.batch_size):
-            epoch, pos = divmod(i, n)
-            rows.append(self.train.features[int(self._order(epoch)[pos])])
+        per_epoch = math.ceil(len(self.lengths) / (self.batch_size * world))
+        epoch, index = divmod(step * self.grad_accum + micro, per_epoch)
+        rows = self.epoch_batches(epoch, world)[index]
+        if world > 1:  # each rank its share of the global batch; a last batch of fewer rows than ranks repeats
+            rows = np.array_split(np.resize(rows, max(len(rows), world)), world)[rank]
         keep = ("input_ids", "token_type_ids", "labels", "start_positions", "end_positions", "word_ids")
-        return T.collate([{k: v for k, v in f.items() if k in keep} for f in rows], self.tokenizer.pad_id)
+        feats = [{k: v for k, v in self.train.features[i].items() if k in keep} for i in rows]
+        if self.opts.batching == "pack":
+            return pack_collate(feats, self.tokenizer.pad_id, self.opts.max_seq_len)
+        return T.collate(feats, self.tokenizer.pad_id)
 
     def tokens(self, batch: dict[str, Any]) -> int:
         return int(batch["attention_mask"].sum())
@@ -234,6 +354,8 @@ def finetune_run(init: str | Path, train_file: str | Path, eval_file: str | Path
     """Fine-tune ``init`` on ``train_file``, evaluating on ``eval_file`` each epoch and keeping out/best."""
     if opts.task not in TASKS:
         raise ConfigError(f"unknown task {opts.task!r}; choose one of {', '.join(TASKS)}")
+    check_metric(opts)
+    check_batching(opts)
     lm, tokenizer, previous, loaded = load_init(init, opts.task)
     for note in loaded.info["notes"]:
         print(f"note: {init}: {note}")
@@ -246,7 +368,7 @@ def finetune_run(init: str | Path, train_file: str | Path, eval_file: str | Path
     if opts.max_seq_len > lm.config.max_positions:
         raise ConfigError(f"--max-seq-len {opts.max_seq_len} is above the model's max_positions="
                           f"{lm.config.max_positions}")
-    labels = previous["labels"] if previous else None
+    labels = previous["labels"] if previous else opts.labels
     train, labels = build_data(train_file, tokenizer, opts, labels, True, opts.max_train_rows)
     evaluation = build_data(eval_file, tokenizer, opts, labels, False, opts.max_eval_rows)[0] if eval_file else None
     torch.manual_seed(cfg.seed)
@@ -268,6 +390,8 @@ def finetune_run(init: str | Path, train_file: str | Path, eval_file: str | Path
         cfg.save_every = min(cfg.save_every, cfg.max_steps)
     if evaluation is not None and cfg.best_metric is None:
         cfg.best_metric = BEST_METRIC[opts.task] if opts.problem != "regression" else "mse"
+        if opts.task == "qa" and qa_metric(opts.metric, evaluation.examples) == "cmrc":
+            cfg.best_metric = "cmrc_f1"
         cfg.greater_is_better = cfg.best_metric != "mse"
     task = FinetuneTask(train, evaluation, tokenizer, opts, cfg.batch_size, cfg.grad_accum, cfg.seed)
     trainer = Trainer(model, task, cfg, out_dir, tokenizer=tokenizer,
@@ -332,18 +456,16 @@ def answer(model: TaskModel, tokenizer: Tokenizer, question: str | list[str], co
     return results[0] if single else results
 
 
-_WORD = re.compile(r"\S+")
-
-
 def tag(model: TaskModel, tokenizer: Tokenizer, text: str | list[str], batch_size: int = 64,
         ) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
-    """Entities with character offsets: [{'text', 'type', 'start', 'end', 'score'}] (words split on white space)."""
+    """Entities with character offsets: [{'text', 'type', 'start', 'end', 'score'}] (words: T.word_spans, white
+    space apart and each CJK character alone)."""
     info, opts = task_info(model), _opts_for(model)
     if info["task"] != "ner":
         raise ConfigError(f"this model was fine-tuned for {info['task']}, not NER")
     single = isinstance(text, str)
     texts = [text] if single else list(text)
-    spans = [[(m.start(), m.end()) for m in _WORD.finditer(t)] for t in texts]
+    spans = [T.word_spans(t) for t in texts]
     examples = [T.NERExample([t[s:e] for s, e in sp] or [""], ["O"] * max(len(sp), 1), 0)
                 for t, sp in zip(texts, spans, strict=True)]
     feats = T.featurize_ner(examples, tokenizer, info["labels"], opts.max_seq_len)

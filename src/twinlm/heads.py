@@ -32,6 +32,19 @@ def pooled_rows(shape: tuple[int, ...], attention_mask: torch.Tensor | None, att
     return attention_mask.long().sum(1) - 1  # right padding: the last real token
 
 
+def packed_rows(segment_ids: torch.Tensor, attention: str) -> torch.Tensor:
+    """(N, 2) (row, position) of the position a sequence head reads in each of the N examples packed in the rows
+    (segment ids 1, 2, ... per row, 0 for padding), in row-major order: an example's first token under
+    bidirectional attention, its last under causal attention."""
+    real = segment_ids != 0
+    edge = torch.ones_like(real)
+    if attention == "bidirectional":
+        edge[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    else:
+        edge[:, :-1] = segment_ids[:, :-1] != segment_ids[:, 1:]
+    return (edge & real).nonzero()
+
+
 class TaskModel(nn.Module):
     """A LanguageModel backbone plus one task head; ``config.extra['task']`` records the task and its labels."""
 
@@ -60,24 +73,38 @@ class TaskModel(nn.Module):
         return self.lm.config.attention
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                 token_type_ids: torch.Tensor | None, rows: torch.Tensor | None = None) -> torch.Tensor:
-        kwargs: dict[str, Any] = {} if rows is None else {"rows": rows}
+                 token_type_ids: torch.Tensor | None, rows: torch.Tensor | None = None,
+                 **packed: torch.Tensor | None) -> torch.Tensor:
+        kwargs: dict[str, Any] = {k: v for k, v in packed.items() if v is not None}
+        if rows is not None:
+            kwargs["rows"] = rows
         if token_type_ids is not None and self.lm.backbone.type_emb is not None:
             kwargs["token_type_ids"] = token_type_ids
         return self.lm.hidden(input_ids, attention_mask, attention=self.attention, **kwargs)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
-                start_positions: torch.Tensor | None = None,
-                end_positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(logits, loss). classify: (B, C); qa: (B, T, 2) start/end; ner: (B, T, C)."""
+                start_positions: torch.Tensor | None = None, end_positions: torch.Tensor | None = None,
+                segment_ids: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, loss). classify: (B, C); qa: (B, T, 2) start/end; ner: (B, T, C).
+
+        segment_ids (and position_ids) mark several examples packed in each row (see Transformer.forward):
+        classify then gives (N, C) for the N examples in row-major order, ner (B, T, C) as usual; qa is not packed.
+        """
+        packed = {"segment_ids": segment_ids, "position_ids": position_ids}
         if self.task == "classify":
             # Only the pooled position is read, so the last block computes just that one (the same numbers).
-            rows = pooled_rows(input_ids.shape, attention_mask, self.attention, input_ids.device)
-            hidden = self.features(input_ids, attention_mask, token_type_ids, rows)
+            if segment_ids is None:
+                rows = pooled_rows(input_ids.shape, attention_mask, self.attention, input_ids.device)
+            else:
+                rows = packed_rows(segment_ids, self.attention)
+            hidden = self.features(input_ids, attention_mask, token_type_ids, rows, **packed)
             logits = self.classifier(self.dropout(hidden[:, 0]))
             return logits, None if labels is None else self._classification_loss(logits, labels)
-        hidden = self.features(input_ids, attention_mask, token_type_ids)
+        if self.task == "qa" and segment_ids is not None:
+            raise ConfigError("question answering reads positions inside each window: its rows cannot be packed")
+        hidden = self.features(input_ids, attention_mask, token_type_ids, **packed)
         logits = self.classifier(self.dropout(hidden))
         if self.task == "ner":
             loss = None if labels is None else F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(),

@@ -109,18 +109,29 @@ class Transformer(nn.Module):
         attention: str | None = None,
         past: list[KVCache] | None = None,
         rows: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, list[KVCache]]:
         """Hidden states and the per-layer (k, v) cache. ``attention`` overrides the config's mask kind.
 
         position_ids (B or 1, T) are 0-based positions; by default they continue after the cached keys.
         rows (B,): only position rows[b] of each row is wanted (a pooling head): the last block computes just
         those and the hidden states are (B, 1, D). Every other block still runs on all positions (they are keys).
+        rows (N, 2) of (row, position) pairs: the same for N examples packed in the rows; the states are (N, 1, D).
+        segment_ids (B, T): several examples packed in one row, numbered 1, 2, ... (0 is padding). A position sees
+        only its own example (a block-diagonal mask in place of attention_mask) and, unless position_ids are
+        given, its positions restart at 0, so each example computes what it would alone.
         """
         kind = attention or self.config.attention
         B, T = input_ids.shape
         start = cache_length(past[0]) if past else 0
         if start + T > self.config.max_positions:
             raise ValueError(f"sequence of {start + T} tokens exceeds max_positions={self.config.max_positions}")
+        if segment_ids is not None:
+            if past:
+                raise ValueError("segment_ids (packed rows) compute full sequences; they do not take a KV cache")
+            attention_mask = segment_ids[:, :, None] == segment_ids[:, None, :]
+            if position_ids is None:
+                position_ids = segment_positions(segment_ids)
         if position_ids is None:
             position_ids = torch.arange(start, start + T, device=input_ids.device).unsqueeze(0)
         x = self.tok_emb(input_ids)
@@ -145,6 +156,15 @@ class Transformer(nn.Module):
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x, caches
+
+
+def segment_positions(segment_ids: torch.Tensor) -> torch.Tensor:
+    """(B, T) 0-based positions that restart wherever the segment id changes (each packed example from 0)."""
+    T = segment_ids.size(1)
+    index = torch.arange(T, device=segment_ids.device).expand_as(segment_ids)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    return index - torch.where(starts, index, 0).cummax(dim=1).values
 
 
 class LMHead(nn.Module):

@@ -31,9 +31,10 @@ class MLMMasker:
     """Chooses the masked set M and applies the 80/10/10 corruption.
 
     mask_prob: selection probability p. whole_word: select whole words (all sub-tokens of a word or none), using
-    ``continuation`` (bool per vocab id: True if the token continues the previous word). fixed_count: exactly
-    round(p * L) tokens per row (L = selectable tokens of the longest row) so shapes stay static; with whole_word
-    the count is the largest number of whole words that fits in it.
+    ``continuation`` (bool per vocab id: True if the token continues the previous word), or, when a call passes
+    ``word_starts`` (bool per position, e.g. flags a word segmenter stored at prepare time), those instead; the
+    table may then be None. fixed_count: exactly round(p * L) tokens per row (L = selectable tokens of the longest
+    row) so shapes stay static; with whole_word the count is the largest number of whole words that fits in it.
     """
 
     mask_id: int
@@ -49,8 +50,6 @@ class MLMMasker:
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_prob < 1.0:
             raise ConfigError(f"mask probability must be in (0, 1), got {self.mask_prob}")
-        if self.whole_word and self.continuation is None:
-            raise ConfigError("whole-word masking needs the tokenizer's continuation table")
         is_special = torch.zeros(self.vocab_size, dtype=torch.bool)
         is_special[torch.tensor(sorted(set(self.special_ids)), dtype=torch.long)] = True
         self._is_special = is_special
@@ -60,19 +59,36 @@ class MLMMasker:
             cont[: len(self.continuation)] = torch.as_tensor(self.continuation[: self.vocab_size], dtype=torch.bool)
         self._continuation = cont & ~is_special
 
+    def _begins(self, input_ids: torch.Tensor, word_starts: torch.Tensor | None) -> torch.Tensor:
+        """Bool (B, L): positions that begin a word, from the per-position flags or else the vocabulary table."""
+        if word_starts is not None:
+            if not self.whole_word:
+                raise ConfigError("word_starts given to a masker built without whole_word=True")
+            if word_starts.shape != input_ids.shape:
+                raise ConfigError(f"word_starts has shape {tuple(word_starts.shape)}, the input ids "
+                                  f"{tuple(input_ids.shape)}; gather both with the same block starts")
+            return word_starts.bool()
+        if self.continuation is None:
+            raise ConfigError("whole-word masking needs word-start flags or the tokenizer's continuation table")
+        return ~self._continuation[input_ids]
+
     def select(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
-        """Boolean (B, L): the positions in M. Special and padding positions are never selected."""
+               generator: torch.Generator | None = None, word_starts: torch.Tensor | None = None) -> torch.Tensor:
+        """Boolean (B, L): the positions in M. Special and padding positions are never selected.
+
+        word_starts (whole_word only): per-position word starts that replace the vocabulary continuation table.
+        """
         selectable = ~self._is_special[input_ids]
         if attention_mask is not None:
             selectable &= attention_mask.bool()
         B, L = input_ids.shape
         u = torch.rand(B, L, generator=generator)
-        if self.whole_word:
-            # A word starts at every selectable token that is not a continuation, or that follows a special token.
+        if self.whole_word or word_starts is not None:
+            # A word starts at every selectable token that begins one, or that follows a special token (a block
+            # cut mid-word, or a word after [SEP]).
             prev_special = torch.ones(B, L, dtype=torch.bool)
             prev_special[:, 1:] = ~selectable[:, :-1]
-            starts = selectable & (~self._continuation[input_ids] | prev_special)
+            starts = selectable & (self._begins(input_ids, word_starts) | prev_special)
             positions = torch.arange(L).expand(B, L)
             word_start = torch.cummax(torch.where(starts, positions, torch.zeros_like(positions)), dim=1).values
             u = u.gather(1, word_start)  # every token of a word shares its first token's draw
@@ -94,9 +110,10 @@ class MLMMasker:
         return chosen
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 generator: torch.Generator | None = None,
+                 word_starts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(corrupted input ids, labels): labels hold the original id in M and -100 elsewhere."""
-        selected = self.select(input_ids, attention_mask, generator)
+        selected = self.select(input_ids, attention_mask, generator, word_starts)
         labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE_INDEX))
         r = torch.rand(input_ids.shape, generator=generator)
         to_mask = selected & (r < self.replace_prob)

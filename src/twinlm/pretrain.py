@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,13 @@ from .data.blocks import (
     check_shard_size,
     eval_starts,
     gather_blocks,
+    gather_word_starts,
     rank_slice,
     sample_starts,
     validate_seq_len,
 )
 from .data.corpus import TokenShard
+from .data.segment import cjk_whole_word_note
 from .errors import ConfigError
 from .model import device_of
 from .objectives import ATTENTION_FOR, HybridSchedule, MLMMasker, clm_loss, mlm_loss, resolve_objective
@@ -79,12 +82,22 @@ class PretrainTask:
         for shard, name in ((self.train, "train"), (self.val, "val")):
             for objective in self.objectives():
                 check_shard_size(len(shard), opts.seq_len, objective, f"{data_dir}/{name}.bin")
+        # Whole-word masking reads the segmenter's word-start flags when prepare stored them (e.g. jieba words for
+        # Chinese); otherwise the vocabulary's continuation table (WordPiece ##, BPE word starts).
+        self.word_flags = (opts.whole_word and self.uses_mlm and self.train.word_starts is not None
+                           and self.val.word_starts is not None)
         self.masker = None
         if self.uses_mlm:
+            table = None
+            if opts.whole_word and not self.word_flags:
+                table = tokenizer.continuation_table()
+                note = cjk_whole_word_note(tokenizer, str(data_dir))
+                if note and os.environ.get("RANK", "0") == "0":  # once per run, not once per DDP process
+                    print(f"note: {note}")
             self.masker = MLMMasker(
                 mask_id=tokenizer.mask_id, vocab_size=tokenizer.vocab_size, special_ids=tokenizer.special_ids,
                 mask_prob=opts.mask_prob, whole_word=opts.whole_word, fixed_count=opts.fixed_count,
-                continuation=tokenizer.continuation_table() if opts.whole_word else None,
+                continuation=table,
             )
 
     def objectives(self) -> list[str]:
@@ -100,6 +113,12 @@ class PretrainTask:
         tok = self.tokenizer
         return gather_blocks(shard.tokens, starts, self.opts.seq_len, objective, tok.cls_id, tok.sep_id)
 
+    def _word_starts(self, shard: TokenShard, starts, objective: str) -> torch.Tensor | None:
+        """The stored word-start flags of the same blocks, when whole-word masking uses them; else None."""
+        if not self.word_flags or objective != "mlm":
+            return None
+        return gather_word_starts(shard.word_starts, starts, self.opts.seq_len, objective)
+
     def batch(self, step: int, micro: int, rank: int, world: int) -> dict[str, Any]:
         """The global batch of (step, micro) is drawn identically on every rank; each keeps its own rows."""
         objective = self.objective_at(step)
@@ -110,7 +129,7 @@ class PretrainTask:
         if objective == "clm":
             return {"objective": "clm", "input_ids": rank_slice(ids, rank, world)}
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + draw)
-        corrupted, labels = self.masker(ids, None, gen)
+        corrupted, labels = self.masker(ids, None, gen, self._word_starts(self.train, starts, objective))
         return {"objective": "mlm", "input_ids": rank_slice(corrupted, rank, world),
                 "labels": rank_slice(labels, rank, world)}
 
@@ -127,10 +146,11 @@ class PretrainTask:
             gen = torch.Generator().manual_seed(EVAL_MASK_SEED)
             total, count = 0.0, 0
             for i in range(0, len(starts), self.opts.eval_batch_size):
-                ids = self._blocks(self.val, starts[i:i + self.opts.eval_batch_size], objective)
+                part = starts[i:i + self.opts.eval_batch_size]
+                ids = self._blocks(self.val, part, objective)
                 with autocast():
                     if objective == "mlm":
-                        corrupted, labels = self.masker(ids, None, gen)
+                        corrupted, labels = self.masker(ids, None, gen, self._word_starts(self.val, part, objective))
                         n = int((labels != -100).sum())
                         loss = mlm_loss(model, corrupted.to(device), labels.to(device))
                     else:

@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
-from .errors import ConfigError, TrainingDiverged
+from .errors import ConfigError, TrainingDiverged, TwinLMError
 from .loading import fit_weights, training_state
 from .runfolder import checkpoint_dir, prune_checkpoints
 from .trainstate import restore_rng_state, rng_state_to_json
@@ -170,16 +170,33 @@ class MetricsLog:
         self.enabled = enabled
 
     def truncate_after(self, step: int) -> None:
-        """Drop rows logged after ``step``: a resumed run rewrites them, so no step appears twice."""
+        """Drop rows logged after ``step``: a resumed run rewrites them, so no step appears twice.
+
+        A last line cut short by a kill or a full disk is dropped too, and the file is replaced in one step, so a
+        kill here never loses the rows up to ``step``.
+        """
         if not self.enabled or not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                kept.append(line)
+        ckpt.write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, row: dict[str, Any]) -> None:
         if self.enabled:
-            with self.path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
+            try:
+                with self.path.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+            except OSError as exc:
+                reason = exc.strerror or exc
+                raise TwinLMError(f"{self.path}: could not append the step {row.get('step')} row ({reason}); the "
+                                  "last checkpoint is intact: free some space and run again with --resume auto"
+                                  ) from None
 
 
 def _due(step: int, every: int | None) -> bool:
@@ -233,6 +250,7 @@ class TrainResult:
     elapsed_s: float
     stopped_early: str | None = None
     compile_s: float | None = None  # the first step's time when compiled (included in elapsed_s)
+    eval_s: float = 0.0  # seconds spent evaluating in this train() call (those in the loop are in elapsed_s)
 
 
 class Trainer:
@@ -263,6 +281,7 @@ class Trainer:
         self.best: float | None = None
         self.evals_without_gain = 0
         self.last_metrics: dict[str, float] = {}  # the latest evaluation of the current train() call
+        self.eval_s = 0.0  # seconds spent evaluating in the current train() call
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", self.dist.main)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
@@ -314,7 +333,7 @@ class Trainer:
             if self.dist.main:
                 ckpt.save_model(self.run_dir / "best", model_state=self.model.state_dict(), config=self.model.config,
                                 tokenizer=self.tokenizer)
-                (self.run_dir / "best_metrics.json").write_text(json.dumps({"step": self.step, **metrics}))
+                ckpt.write_text_atomic(self.run_dir / "best_metrics.json", json.dumps({"step": self.step, **metrics}))
             self._barrier()
         else:
             self.evals_without_gain += 1
@@ -354,8 +373,19 @@ class Trainer:
                 f"loss became {mean_loss} at step {self.step + 1}; stopped without saving. The last good checkpoint "
                 f"is in {self.run_dir}; lower --lr, raise --warmup-steps or use --dtype fp32"
             )
+        # A finite loss can still give a non-finite gradient (an overflow in backward); one step with it would
+        # poison every weight and the next checkpoint, so the gradient norm is checked too.
         if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip))
+        else:
+            norm = float(torch.nn.utils.get_total_norm([p.grad for p in self.model.parameters() if p.grad is not None]))
+        if not math.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise TrainingDiverged(
+                f"gradient norm became {norm} at step {self.step + 1} (loss {mean_loss:.4g}); stopped without "
+                f"saving. The last good checkpoint is in {self.run_dir}; lower --lr, raise --warmup-steps or use "
+                f"--dtype fp32"
+            )
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -375,12 +405,14 @@ class Trainer:
         """Train to max_steps (or the time budget), evaluating, logging and checkpointing on the way."""
         cfg = self.cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.main:
+            ckpt.remove_stale_scratch(self.run_dir)  # what a killed save left behind; never a complete checkpoint
         torch.manual_seed(cfg.seed)
         self.resume(resume)
         if self.step == 0:
             self.log.truncate_after(0)  # a fresh run in a used folder starts a fresh log
         self.model.train()
-        self.last_metrics = {}
+        self.last_metrics, self.eval_s = {}, 0.0
         now = time.perf_counter()
         clock = _Clock(start=now, window_t=now)
         stopped: str | None = None
@@ -400,7 +432,7 @@ class Trainer:
         if self.dist.main and stopped:
             print(f"stopped at step {self.step} ({stopped}); checkpoint in {folder}")
         return TrainResult(self.run_dir, folder, self.step, self.last_metrics, self._throughput(), elapsed, stopped,
-                           self.compile_s)
+                           self.compile_s, self.eval_s)
 
     def _stop_requested(self, clock: _Clock, ctrl_c: InterruptGuard) -> str | None:
         """Why to stop before the next step (time budget, Ctrl-C), agreed by every rank; None to go on."""
@@ -438,7 +470,8 @@ class Trainer:
         bar.update(1)
         if _due(self.step, cfg.eval_every) or last:
             metrics = self._evaluate_and_log()
-            bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            if metrics:
+                bar.write(f"step {self.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             if self.track_best(metrics):
                 return f"early stopping: no gain in {cfg.best_metric} for {cfg.patience} evals"
         if _due(self.step, cfg.save_every) and not last:
@@ -446,8 +479,10 @@ class Trainer:
         return None
 
     def _evaluate_and_log(self) -> dict[str, float]:
-        """Evaluate, append the metrics row and keep it as the run's latest metrics."""
+        """Evaluate, append the metrics row and keep it as the run's latest metrics; its seconds add to eval_s."""
+        start = time.perf_counter()
         self.last_metrics = self.evaluate()
+        self.eval_s += time.perf_counter() - start
         self.log.write({"step": self.step, **self.last_metrics})
         return self.last_metrics
 

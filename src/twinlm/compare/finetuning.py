@@ -71,7 +71,7 @@ def finetune(opts: CompareOptions, task: TaskSpec, model: str, seed: int,
     if not opts.keep_finetuned:
         for folder in [*run_dir.glob("checkpoint-*"), run_dir / "best"]:
             shutil.rmtree(folder, ignore_errors=True)
-    metric = BEST_METRIC[task.task]
+    metric = cfg.best_metric or BEST_METRIC[task.task]  # Chinese QA: cmrc_f1
     return {"task": task.task, "model": model, "seed": seed, "attention": attention, "metric": metric,
             "score": float(result.metrics.get(metric, float("nan"))), "final": result.metrics,
             "best": best, "steps": result.step, "wall_s": round(result.elapsed_s, 2), "run_dir": str(

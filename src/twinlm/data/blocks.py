@@ -45,6 +45,20 @@ def gather_blocks(tokens: np.ndarray, starts: np.ndarray, seq_len: int, objectiv
     return torch.from_numpy(rows)
 
 
+def gather_word_starts(flags: np.ndarray, starts: np.ndarray, seq_len: int, objective: str) -> torch.Tensor:
+    """(len(starts), seq_len) bool: the word-start flags of the rows gather_blocks reads at the same ``starts``.
+
+    MLM's [CLS] and [SEP] frame counts as starts. A block may begin inside a word; its first token then reads as a
+    continuation here, and the masker starts a word there anyway (it follows [CLS], a special token).
+    """
+    span = block_span(seq_len, objective)
+    rows = np.stack([np.asarray(flags[s:s + span], dtype=bool) for s in starts])
+    if objective == "mlm":
+        frame = np.ones((len(rows), 1), dtype=bool)
+        rows = np.concatenate([frame, rows, frame], axis=1)
+    return torch.from_numpy(rows)
+
+
 def eval_starts(n_tokens: int, span: int, max_blocks: int) -> np.ndarray:
     """Non-overlapping offsets spread evenly over the validation shard: a fixed evaluation set."""
     available = n_tokens // span

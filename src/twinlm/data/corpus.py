@@ -1,7 +1,12 @@
-"""Corpus preparation: documents -> token ids in flat binary shards (train.bin, val.bin) read by memmap."""
+"""Corpus preparation: documents -> token ids in flat binary shards (train.bin, val.bin) read by memmap.
+
+With a word segmenter (``segmenter="jieba"``) each shard gets a companion {split}.word_starts.bin: one uint8 per
+token, 1 where the token starts a word (see data/segment.py), read by whole-word masking at no cost per step.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
@@ -19,6 +24,7 @@ import numpy as np
 
 from ..errors import ConfigError, DataError
 from .readers import iter_documents
+from .segment import Segmenter, load_segmenter, segment_flags
 
 if TYPE_CHECKING:
     import tokenizers
@@ -27,6 +33,7 @@ if TYPE_CHECKING:
 
 META_FILE = "meta.json"
 SPLITS = ("train", "val")
+WORD_STARTS = "word_starts"  # {split}.word_starts.bin: uint8 word-start flag per token
 
 
 @dataclass
@@ -41,6 +48,8 @@ class CorpusMeta:
     separator_id: int
     tokenizer_kind: str
     sources: list[str] = field(default_factory=list)
+    segmenter: str | None = None  # set when {split}.word_starts.bin exist; None in folders prepared without one
+    n_unk: int | None = None  # tokens that became the unknown token; None when not counted (older folders)
 
     def save(self, folder: str | Path) -> Path:
         """Write meta.json into ``folder`` and return its path."""
@@ -89,6 +98,17 @@ class TokenShard:
         self.tokens: np.ndarray = (
             np.memmap(path, dtype=dtype, mode="r") if expected else np.empty(0, dtype=dtype)
         )
+        # uint8 word-start flag per token when the corpus was prepared with a segmenter, else None.
+        self.word_starts: np.ndarray | None = None
+        if self.meta.segmenter:
+            flags = self.folder / f"{split}.{WORD_STARTS}.bin"
+            if not flags.is_file() or flags.stat().st_size != expected:
+                found = f"{flags.stat().st_size} bytes" if flags.is_file() else "missing"
+                raise DataError(
+                    f"{flags}: {found} but meta.json says {expected} word-start flags (segmenter "
+                    f"{self.meta.segmenter}); the corpus is corrupted, run `twinlm prepare` again"
+                )
+            self.word_starts = np.memmap(flags, dtype=np.uint8, mode="r") if expected else np.empty(0, np.uint8)
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -105,32 +125,45 @@ def token_dtype(vocab_size: int) -> str:
 # ---------------------------------------------------------------------------------------------- workers
 
 _WORKER_HF: tokenizers.Tokenizer | None = None
+_WORKER_SEGMENT: Segmenter | None = None
+
+Encoded = tuple[np.ndarray, np.ndarray | None, list[int]]  # ids, word-start flags (or None), document lengths
 
 
-def _encode_docs(hf: tokenizers.Tokenizer, docs: list[str], sep_id: int, dtype: str) -> tuple[np.ndarray, list[int]]:
-    """Ids of each document followed by the separator, concatenated, with each document's length."""
+def _encode_docs(hf: tokenizers.Tokenizer, docs: list[str], sep_id: int, dtype: str,
+                 segment: Segmenter | None = None) -> Encoded:
+    """Ids of each document followed by the separator, concatenated, with each document's length.
+
+    With ``segment``, also the word-start flag of every token; the separator between documents counts as a start.
+    """
     ids: list[int] = []
     lengths: list[int] = []
-    for enc in hf.encode_batch(docs, add_special_tokens=False):
+    flags: list[np.ndarray] = []
+    for doc, enc in zip(docs, hf.encode_batch(docs, add_special_tokens=False), strict=True):
         ids.extend(enc.ids)
         ids.append(sep_id)
         lengths.append(len(enc.ids) + 1)
-    return np.array(ids, dtype=dtype), lengths
+        if segment is not None:
+            flags.append(segment_flags(segment, doc, enc.offsets))
+            flags.append(np.ones(1, dtype=np.uint8))
+    word_starts = np.concatenate(flags) if segment is not None else None
+    return np.array(ids, dtype=dtype), word_starts, lengths
 
 
-def _worker_init(tokenizer_json: str) -> None:
-    global _WORKER_HF
+def _worker_init(tokenizer_json: str, segmenter: str | None) -> None:
+    global _WORKER_HF, _WORKER_SEGMENT
     # Parallelism comes from the processes; Rust threads inside each worker would only compete.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     import tokenizers
 
     _WORKER_HF = tokenizers.Tokenizer.from_str(tokenizer_json)
+    _WORKER_SEGMENT = load_segmenter(segmenter) if segmenter else None
 
 
-def _worker_encode(task: tuple[list[str], int, str]) -> tuple[np.ndarray, list[int]]:
+def _worker_encode(task: tuple[list[str], int, str]) -> Encoded:
     docs, sep_id, dtype = task
     assert _WORKER_HF is not None, "worker initializer did not run"
-    return _encode_docs(_WORKER_HF, docs, sep_id, dtype)
+    return _encode_docs(_WORKER_HF, docs, sep_id, dtype, _WORKER_SEGMENT)
 
 
 # ---------------------------------------------------------------------------------------------- prepare
@@ -187,14 +220,17 @@ def _chunks(
         yield chunk
 
 
-def _split_tail_to_val(tmp: Path, n_train: int, val_fraction: float, dtype: np.dtype) -> tuple[int, int]:
-    """Move the last val_fraction of train.bin into val.bin; returns the new (n_train, n_val)."""
+def _split_tail_to_val(tmp: Path, n_train: int, val_fraction: float, dtype: np.dtype,
+                       word_starts: bool = False) -> tuple[int, int]:
+    """Move the last val_fraction of train.bin (and of its word-start flags) into val; returns (n_train, n_val)."""
     n_val = min(max(1, round(n_train * val_fraction)), n_train - 1)
-    train_path, val_path = tmp / "train.bin", tmp / "val.bin"
-    tail = np.fromfile(train_path, dtype=dtype, count=n_val, offset=(n_train - n_val) * dtype.itemsize)
-    with open(val_path, "wb") as fh:
-        fh.write(tail.tobytes())
-    os.truncate(train_path, (n_train - n_val) * dtype.itemsize)
+    files = [("", dtype)] + ([(f".{WORD_STARTS}", np.dtype(np.uint8))] if word_starts else [])
+    for stem, kind in files:
+        train_path, val_path = tmp / f"train{stem}.bin", tmp / f"val{stem}.bin"
+        tail = np.fromfile(train_path, dtype=kind, count=n_val, offset=(n_train - n_val) * kind.itemsize)
+        with open(val_path, "wb") as fh:
+            fh.write(tail.tobytes())
+        os.truncate(train_path, (n_train - n_val) * kind.itemsize)
     return n_train - n_val, n_val
 
 
@@ -208,6 +244,7 @@ def prepare_corpus(
     on_error: str = "raise",
     chunk_docs: int = 256,
     progress: bool = True,
+    segmenter: str | None = None,
 ) -> CorpusMeta:
     """Tokenize ``files`` into out_dir/{train,val}.bin (+ meta.json, tokenizer), streaming, and return the meta.
 
@@ -215,6 +252,8 @@ def prepare_corpus(
     ``i % round(1/val_fraction) == round(1/val_fraction) - 1``. When that leaves val empty (fewer documents
     than the period, e.g. a single book) the last val_fraction of the train tokens become val instead.
     workers=0 uses every CPU; workers<=1 tokenizes in this process. Output is identical for any worker count.
+    ``segmenter`` ("jieba") also writes out_dir/{train,val}.word_starts.bin, a word-start flag per token.
+    meta.n_unk counts the tokens that became the unknown token (0 for a tokenizer without one).
     """
     from tqdm.auto import tqdm
 
@@ -230,12 +269,15 @@ def prepare_corpus(
     for p in paths:
         if not p.exists():
             raise DataError(f"{p}: no such file")
+    segment = load_segmenter(segmenter) if segmenter else None  # a missing segmenter fails before any work
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     workers = (os.cpu_count() or 1) if workers == 0 else workers
     period = round(1 / val_fraction) if val_fraction > 0 else 0
     dtype = np.dtype(token_dtype(tokenizer.vocab_size))
     sep_id = tokenizer.sep_id
+    # Tokenizers built before Tokenizer.unk_id existed: look the BERT name up instead.
+    unk_id = getattr(tokenizer, "unk_id", tokenizer.token_to_id("[UNK]"))
     where = ", ".join(str(p) for p in paths)
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -250,26 +292,36 @@ def prepare_corpus(
         chunks = _chunks(paths, text_field, on_error, chunk_docs, counts)
         if workers > 1:
             ctx = multiprocessing.get_context(_start_method())
-            pool = ctx.Pool(workers, initializer=_worker_init, initargs=(tokenizer.hf.to_str(),))
+            pool = ctx.Pool(workers, initializer=_worker_init, initargs=(tokenizer.hf.to_str(), segmenter))
             tasks = ((chunk, sep_id, dtype.name) for chunk in chunks)
             results = pool.imap(_worker_encode, tasks)  # ordered, so the output never depends on timing
         else:
-            results = (_encode_docs(tokenizer.hf, chunk, sep_id, dtype.name) for chunk in chunks)
+            results = (_encode_docs(tokenizer.hf, chunk, sep_id, dtype.name, segment) for chunk in chunks)
 
-        n_docs = n_train = n_val = 0
+        n_docs = n_train = n_val = n_unk = 0
         start = time.perf_counter()
         # The bar closes on errors too, so a one-line error message starts on a line of its own.
-        with (
-            tqdm(desc="tokenizing", unit="doc", disable=not progress, dynamic_ncols=True) as bar,
-            open(tmp / "train.bin", "wb") as train_fh,
-            open(tmp / "val.bin", "wb") as val_fh,
-        ):
-            outs: dict[bool, BinaryIO] = {False: train_fh, True: val_fh}
-            for flat, lengths in results:
+        with contextlib.ExitStack() as stack:
+            bar = stack.enter_context(tqdm(desc="tokenizing", unit="doc", disable=not progress, dynamic_ncols=True))
+            splits = ((False, "train"), (True, "val"))
+            outs: dict[bool, BinaryIO] = {
+                is_val: stack.enter_context(open(tmp / f"{split}.bin", "wb")) for is_val, split in splits
+            }
+            flag_outs: dict[bool, BinaryIO] = {}
+            if segment is not None:
+                flag_outs = {
+                    is_val: stack.enter_context(open(tmp / f"{split}.{WORD_STARTS}.bin", "wb"))
+                    for is_val, split in splits
+                }
+            for flat, word_starts, lengths in results:
+                if unk_id is not None:
+                    n_unk += int(np.count_nonzero(flat == unk_id))
                 pos = 0
                 for length in lengths:
                     is_val = period > 0 and n_docs % period == period - 1
                     outs[is_val].write(flat[pos : pos + length].tobytes())
+                    if word_starts is not None:
+                        flag_outs[is_val].write(word_starts[pos : pos + length].tobytes())
                     if is_val:
                         n_val += length
                     else:
@@ -292,7 +344,7 @@ def prepare_corpus(
                 if count == 0:
                     warnings.warn(f"{name}: no documents found in this file; it adds nothing", stacklevel=2)
         if period and n_val == 0 and n_train >= 2:
-            n_train, n_val = _split_tail_to_val(tmp, n_train, val_fraction, dtype)
+            n_train, n_val = _split_tail_to_val(tmp, n_train, val_fraction, dtype, word_starts=segment is not None)
 
         meta = CorpusMeta(
             vocab_size=tokenizer.vocab_size,
@@ -303,6 +355,8 @@ def prepare_corpus(
             separator_id=sep_id,
             tokenizer_kind=tokenizer.kind,
             sources=[str(p.resolve()) for p in paths],
+            segmenter=segmenter,
+            n_unk=n_unk,
         )
         tokenizer.save(tmp)
         meta.save(tmp)  # written last inside tmp: its presence marks a complete corpus

@@ -129,7 +129,7 @@ def _iter_jsonl(path: Path, text_field: str, on_error: str) -> Iterator[str]:
     with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark is not JSON
             except UnicodeDecodeError as exc:
                 bad(f"{path}:{lineno}: not valid UTF-8 at column {exc.start + 1}; re-encode the file as UTF-8")
                 continue

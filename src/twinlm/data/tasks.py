@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ class ClassExample:
     pair: str | None
     label: Any  # str for single/multi-label, float for regression, None when unlabelled
     line: int
+    source: str = ""  # the file, for error messages
 
 
 def _rows(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
@@ -38,7 +40,7 @@ def _rows(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
     rows, lines = [], []
     try:
         if suffix == ".jsonl":
-            with path.open(encoding="utf-8") as f:
+            with path.open(encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the data
                 for n, line in enumerate(f, 1):
                     if line.strip():
                         try:
@@ -50,7 +52,7 @@ def _rows(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
                         rows.append(row)
                         lines.append(n)
         elif suffix in (".tsv", ".csv"):
-            with path.open(encoding="utf-8", newline="") as f:
+            with path.open(encoding="utf-8-sig", newline="") as f:
                 reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",", quoting=csv.QUOTE_NONE
                                         if suffix == ".tsv" else csv.QUOTE_MINIMAL)
                 for row in reader:
@@ -60,6 +62,8 @@ def _rows(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
             raise DataError(f"{path}: unsupported file type {suffix!r}; use .tsv, .csv or .jsonl")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not valid UTF-8 at byte offset {exc.start}; re-encode the file as UTF-8") from None
+    except csv.Error as exc:  # a field over csv's size limit: usually a quote that is never closed
+        raise DataError(f"{path}:{reader.line_num}: {exc}; check the quoting of this line") from None
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows, lines
@@ -71,7 +75,7 @@ def read_classification(path: str | Path, text_column: str | None = None, label_
     """Examples from a TSV/CSV with a header, or JSONL. text_column None: 'text' or 'sentence', whichever exists."""
     path = Path(path)
     rows, lines = _rows(path)
-    columns = list(rows[0].keys())
+    columns = [c for c in rows[0] if isinstance(c, str)]  # csv puts cells beyond the header under None
     if text_column is None:
         text_column = next((c for c in ("text", "sentence") if c in columns), None)
         if text_column is None:
@@ -96,7 +100,7 @@ def read_classification(path: str | Path, text_column: str | None = None, label_
                 raise DataError(f"{path}:{n}: label {label!r} is not a number (regression)") from None
         elif label is not None:
             label = str(label).strip()
-        out.append(ClassExample(text.strip(), pair.strip() if pair else None, label, n))
+        out.append(ClassExample(text.strip(), pair.strip() if pair else None, label, n, str(path)))
     return out
 
 
@@ -107,7 +111,7 @@ def label_list(examples: list[ClassExample], problem: str) -> list[str]:
     labels: set[str] = set()
     for ex in examples:
         if ex.label is None or ex.label == "":
-            raise DataError(f"line {ex.line}: no label")
+            raise DataError(f"{ex.source}:{ex.line}: no label" if ex.source else f"line {ex.line}: no label")
         labels.update(ex.label.split(",") if problem == "multi_label" else [ex.label])
     return sorted(labels, key=lambda s: (not s.lstrip("-").isdigit(), int(s) if s.lstrip("-").isdigit() else 0, s))
 
@@ -161,23 +165,90 @@ class QAExample:
     qid: str
     question: str
     context: str
-    answers: list[str] = field(default_factory=list)
-    starts: list[int] = field(default_factory=list)
+    answers: list[str] = field(default_factory=list)  # every reference answer (all of them are scored against)
+    starts: list[int] = field(default_factory=list)  # character offset of each in context; -1: not in it
     impossible: bool = False
 
 
+def _nearest(context: str, text: str, start: int) -> int:
+    """The occurrence of text in context closest to start, or -1 when there is none."""
+    found, i = [], context.find(text)
+    while i >= 0:
+        found.append(i)
+        i = context.find(text, i + 1)
+    return min(found, key=lambda j: abs(j - start)) if found else -1
+
+
+# Han ideographs (with extension A, compatibility ideographs and the supplementary planes), kana, CJK symbols
+# and punctuation, full-width forms, and general punctuation such as “ ” … —: text written without spaces between
+# words, where each character is one word (BERT's Chinese handling; MSRA NER has one character a line).
+_CJK = ("\u2010-\u2027\u2030-\u205e\u3001-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+        "\U00020000-\U0002fa1f")
+_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
+_WORDS = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
+_WORDS_CJK = re.compile(f"[{_CJK}]")
+
+
+def word_spans(text: str) -> list[tuple[int, int]]:
+    """(start, end) of each word of raw text: each CJK character or full-width mark alone, any other run of
+    non-space characters whole ("在Nexon公司。" -> 在, Nexon, 公, 司, 。; English splits on white space)."""
+    return [m.span() for m in _WORDS.finditer(text)]
+
+
+def han_fraction(texts: list[str]) -> float:
+    """Share of Han characters among the non-space characters of texts (0.0 when there are none)."""
+    total = han = 0
+    for text in texts:
+        total += sum(not ch.isspace() for ch in text)
+        han += len(_HAN.findall(text))
+    return han / total if total else 0.0
+
+
+def _check_squad_types(data: dict, path: Path) -> None:
+    """Raise DataError naming the first part of a SQuAD file whose JSON type is wrong (a list where an object
+    belongs, a number for a question...), so the reader below only meets the layout it expects."""
+    def need(value: Any, kind: type | tuple, where: str, what: str) -> None:
+        if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+            raise DataError(f"{path}: {where} is {type(value).__name__}, expected {what} (the SQuAD layout)")
+
+    need(data["data"], list, "data", "a list of articles")
+    for a, article in enumerate(data["data"]):
+        need(article, dict, f"data[{a}]", "an object")
+        need(article.get("paragraphs", []), list, f"data[{a}].paragraphs", "a list")
+        for p, para in enumerate(article.get("paragraphs", [])):
+            need(para, dict, f"data[{a}].paragraphs[{p}]", "an object")
+            need(para.get("qas", []), list, f"data[{a}].paragraphs[{p}].qas", "a list")
+            for q, qa in enumerate(para.get("qas", [])):
+                where = f"data[{a}].paragraphs[{p}].qas[{q}]"
+                need(qa, dict, where, "an object")
+                need(qa.get("question", ""), str, f"{where}.question", "text")
+                need(qa.get("id", ""), (str, int), f"{where}.id", "text")
+                need(qa.get("answers", []), list, f"{where}.answers", "a list")
+                for i, ans in enumerate(qa.get("answers", [])):
+                    need(ans, dict, f"{where}.answers[{i}]", "an object")
+                    need(ans.get("text", ""), str, f"{where}.answers[{i}].text", "text")
+                    need(ans.get("answer_start", -1), int, f"{where}.answers[{i}].answer_start", "a whole number")
+
+
 def read_squad(path: str | Path) -> list[QAExample]:
-    """SQuAD v1.1 / v2.0 JSON. Answers whose text is not at answer_start are dropped with one counted warning."""
+    """SQuAD v1.1 / v2.0 JSON (CMRC 2018's SQuAD-style files too).
+
+    An answer whose text is not at its answer_start (CMRC's trial file has some one character off) moves to the
+    nearest occurrence of its text; one whose text is nowhere in the context (a few free-form CMRC dev references,
+    answer_start -1) keeps start -1: scored against, never trained on. Each case is one counted warning.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: tolerate a byte-order mark
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not valid SQuAD JSON ({exc})") from None
     if not isinstance(data, dict) or "data" not in data:
         raise DataError(f"{path}: no top-level 'data' list; expected the SQuAD layout {{version, data}}")
-    out, bad = [], 0
+    _check_squad_types(data, path)
+    out: list[QAExample] = []
+    moved = absent = 0
     for a, article in enumerate(data["data"]):
         for p, para in enumerate(article.get("paragraphs", [])):
             context = para.get("context")
@@ -189,15 +260,21 @@ def read_squad(path: str | Path) -> list[QAExample]:
                 ex = QAExample(str(qa["id"]), qa["question"], context, impossible=bool(qa.get("is_impossible")))
                 for ans in qa.get("answers", []):
                     text, start = ans.get("text", ""), int(ans.get("answer_start", -1))
-                    if context[start:start + len(text)] != text:
-                        bad += 1
+                    if not text:
                         continue
+                    if start < 0 or context[start:start + len(text)] != text:
+                        start = _nearest(context, text, start)
+                        moved += start >= 0
+                        absent += start < 0
                     ex.answers.append(text)
                     ex.starts.append(start)
-                if ex.answers or ex.impossible or not qa.get("answers"):
-                    out.append(ex)  # a question whose every answer was misplaced is dropped (counted above)
-    if bad:
-        warnings.warn(f"{path}: skipped {bad} answer(s) whose text is not at its answer_start", stacklevel=2)
+                out.append(ex)
+    if moved:
+        warnings.warn(f"{path}: {moved} answer(s) are not at their answer_start; the nearest occurrence of their "
+                      "text in the context is used", stacklevel=2)
+    if absent:
+        warnings.warn(f"{path}: {absent} answer(s) do not occur in their context; they count as reference "
+                      "answers when scoring, never as training spans", stacklevel=2)
     if not out:
         raise DataError(f"{path}: no questions found")
     return out
@@ -233,9 +310,12 @@ def featurize_qa(examples: list[QAExample], tokenizer: Any, max_len: int = 384, 
             }
             if train:
                 s_tok = e_tok = 0
-                if ex.answers:
-                    a_start = ex.starts[0]
-                    a_end = a_start + len(ex.answers[0])
+                located = [(a, st) for a, st in zip(ex.answers, ex.starts, strict=True) if st >= 0]
+                if located:  # the first reference found in the context is the training span
+                    text, a_start = located[0]
+                    # white space at an answer's ends (CMRC has some) is in no token: the span is the text inside
+                    a_end = a_start + len(text.rstrip())
+                    a_start += len(text) - len(text.lstrip())
                     inside = [i for i in range(first, first + len(window))
                               if offsets[i][0] < a_end and offsets[i][1] > a_start]
                     if inside and offsets[inside[0]][0] <= a_start and offsets[inside[-1]][1] >= a_end:
@@ -299,7 +379,7 @@ def read_conll(path: str | Path, max_rows: int | None = None) -> list[NERExample
     tags: list[str] = []
     start = 1
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:  # -sig: a byte-order mark is not part of the first word
             for n, raw in enumerate(f, 1):
                 line = raw.strip()
                 if line.startswith("-DOCSTART-"):
@@ -341,10 +421,12 @@ def ner_words(tokenizer: Any, words: list[str]) -> list[str]:
     """The words as the tokenizer should see them one at a time: a BPE vocabulary marks a word start by its leading
     space (byte-level 'Ġ', SentencePiece '▁'), so every word after the first gets one back; without it each word is
     encoded as if it began the text, into word-internal pieces ('G' 'er' 'man' for 'ĠGerman') that pretraining
-    rarely saw. The pieces then match the running text ``' '.join(words)``."""
+    rarely saw. The pieces then match the running text ``' '.join(words)``. Chinese is written without spaces:
+    a word that is a CJK character, or follows one, gets none."""
     if getattr(tokenizer, "kind", None) != "bpe" or not words:
         return words
-    return [words[0], *(" " + w for w in words[1:])]
+    cjk = [bool(_WORDS_CJK.match(w)) for w in words]
+    return [words[0], *((w if cjk[i] or cjk[i - 1] else " " + w) for i, w in enumerate(words) if i > 0)]
 
 
 def featurize_ner(examples: list[NERExample], tokenizer: Any, labels: list[str], max_len: int,

@@ -92,6 +92,10 @@ def config_from_hf(c: Mapping[str, Any], *, has_head: bool, tied: bool, where: s
             )
     except KeyError as exc:
         raise ConfigError(f"{where}: field {exc.args[0]!r} is missing from the {family} config") from None
+    except (TypeError, ValueError, AttributeError) as exc:  # a field of the wrong JSON type
+        raise ConfigError(f"{where}: a field of the {family} config has the wrong type ({exc})") from None
+    except ConfigError as exc:  # from ModelConfig's own checks, which do not know the file
+        raise ConfigError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
     raise CheckpointError(f"{where}: model_type {family!r} is not supported; twinlm imports "
                           f"{', '.join(SUPPORTED_FAMILIES)}")
 
