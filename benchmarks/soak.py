@@ -6,10 +6,10 @@
 For each kind of run it first trains once without interruption (the reference). Then it starts the same command
 with `--resume auto` and kills it (SIGKILL, no chance to clean up) at a random moment, again and again, until the
 run reaches its last step; a run that finishes before enough kills were made counts as one round and a fresh round
-starts in a new folder. About 40% of the kills are aimed at a checkpoint write: the child process runs the real CLI
-with a slowed writer (every file fsync of a checkpoint sleeps ``--slow-save`` seconds) and marks the start and end
-of each save in a file, so the parent can wait for a save to begin and kill inside it, and can tell afterwards
-whether a kill landed inside one.
+starts in a new folder. About 40% of the kills (and every kill until one has landed inside a save) are aimed at a
+checkpoint write: the child process runs the real CLI with a slowed writer (every file fsync of a checkpoint sleeps
+``--slow-save`` seconds) and marks the start and end of each save in a file, so the parent can wait for a save to
+begin and kill inside it, and can tell afterwards whether a kill landed inside one.
 
 Checked after every kill: every checkpoint-NNNNNNN folder (and best/) on disk verifies (sizes and SHA-256 against its
 manifest) and loads. Checked at the end of every round: the final weights and optimizer state, the logged loss
@@ -46,8 +46,9 @@ TIMING_FIELDS = ("elapsed_s", "tokens_per_s", "compile_s")
 
 
 def child(marker: str, delay: float, argv: list[str]) -> int:
-    """Run `twinlm ARGV` with a slowed checkpoint writer that writes 'b' to ``marker`` when a save or prune begins
-    and 'e' when it ends (so a kill can be aimed at a save, and counted as inside one)."""
+    """Run `twinlm ARGV` with a slowed checkpoint writer that writes 'b' to ``marker`` when a save begins and 'e'
+    when it ends, 'p' and 'q' around the pruning after it (so a kill can be aimed at a save, and counted as inside
+    one)."""
     from twinlm import checkpoint, train
     from twinlm.cli import main
 
@@ -55,13 +56,13 @@ def child(marker: str, delay: float, argv: list[str]) -> int:
         with open(marker, "a") as f:
             f.write(char)
 
-    def bracket(fn: Any) -> Any:
+    def bracket(fn: Any, begin: str, end: str) -> Any:
         def wrapped(*args: Any, **kw: Any) -> Any:
-            mark("b")
+            mark(begin)
             try:
                 return fn(*args, **kw)
             finally:
-                mark("e")
+                mark(end)
         return wrapped
 
     real_fsync = checkpoint._fsync_file
@@ -71,8 +72,8 @@ def child(marker: str, delay: float, argv: list[str]) -> int:
         real_fsync(path)
 
     checkpoint._fsync_file = slow_fsync
-    checkpoint._atomic_save = bracket(checkpoint._atomic_save)  # both checkpoints and best/ go through it
-    train.prune_checkpoints = bracket(train.prune_checkpoints)
+    checkpoint._atomic_save = bracket(checkpoint._atomic_save, "b", "e")  # both checkpoints and best/ go through it
+    train.prune_checkpoints = bracket(train.prune_checkpoints, "p", "q")
     return main(argv)
 
 
@@ -244,15 +245,17 @@ def soak(kind: str, paths: dict[str, Path], root: Path, opts: argparse.Namespace
             proc = start(command(kind, paths, run, opts) + ["--resume", "auto"], marker, opts.slow_save, log)
             killed = False
             if counts["kills"] < opts.kills:
-                killed = kill_at_random(proc, marker, (startup, ref_wall), total_steps, steps_logged(run), opts,
-                                        rng)
+                # Aimed at a save for about --save-share of the kills, and always until one has landed inside one.
+                aim = rng.random() < opts.save_share or counts["kills_in_save"] == 0
+                killed = kill_at_random(proc, marker, aim, (startup, ref_wall), total_steps, steps_logged(run),
+                                        opts, rng)
             rc = proc.wait()
             if "resumed from" in log.read_text():
                 counts["resumes"] += 1
             if killed:
                 counts["kills"] += 1
                 text = marker.read_text() if marker.exists() else ""
-                counts["kills_in_save"] += text.endswith("b")
+                counts["kills_in_save"] += text.endswith(("b", "p"))
                 counts["kills_leaving_scratch"] += bool(run.exists() and set(leftovers(run)) - before)
                 bad = unreadable(run) if run.exists() else []
                 counts["unreadable_checkpoints"] += len(bad)
@@ -276,10 +279,11 @@ def soak(kind: str, paths: dict[str, Path], root: Path, opts: argparse.Namespace
             "soak_wall_s": round(time.perf_counter() - t0, 1), "problems": problems[:10]}
 
 
-def kill_at_random(proc: subprocess.Popen, marker: Path, timing: tuple[float, float], total_steps: int, done: int,
-                   opts: argparse.Namespace, rng: random.Random) -> bool:
-    """SIGKILL the child at a random moment (or inside its next checkpoint write); False when it finished first."""
-    if rng.random() < opts.save_share:
+def kill_at_random(proc: subprocess.Popen, marker: Path, aim: bool, timing: tuple[float, float], total_steps: int,
+                   done: int, opts: argparse.Namespace, rng: random.Random) -> bool:
+    """SIGKILL the child at a random moment, or with ``aim`` inside one of its next checkpoint writes; False when
+    it finished first."""
+    if aim:
         # Aimed at a save: wait for the first or second one to begin, then a random moment inside its window
         # (a checkpoint has ~6 files, each fsync slowed by --slow-save).
         nth = rng.choice((1, 2))

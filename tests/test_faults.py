@@ -87,7 +87,7 @@ def test_sigkill_inside_a_checkpoint_write_then_resume_is_exact(tmp_path, data, 
     child = [sys.executable, str(SOAK), "--child", str(marker), "0.2", "--", *args, "--out", str(run)]
     proc = subprocess.Popen(child, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=REPO, env=env)
     deadline = time.time() + 240
-    while not (marker.exists() and marker.read_text().count("b") >= 3):  # save 4, its prune, then save 8 began
+    while not (marker.exists() and marker.read_text().count("b") >= 2):  # the second save (step 8) has begun
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
         time.sleep(0.005)
     time.sleep(0.3)  # inside the slowed writer: two of the checkpoint's files are fsynced by now
