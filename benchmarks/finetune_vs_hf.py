@@ -250,11 +250,11 @@ def hf_score(case: Case, model: torch.nn.Module, feats: list[dict[str, Any]], pa
     if case.opts.task == "ner":
         preds = []
         for f, x, ex in zip(feats, outputs, examples, strict=True):
-            tags, seen = ["O"] * len(ex.words), set()
+            tags, seen, best = ["O"] * len(ex.words), set(), x.argmax(-1).tolist()
             for pos, w in enumerate(f["word_ids"]):
                 if w is not None and w not in seen:
                     seen.add(w)
-                    tags[w] = case.labels[int(x[pos].argmax())]
+                    tags[w] = case.labels[best[pos]]
             preds.append(tags)
         return entity_metrics(preds, [ex.tags for ex in examples])
     width = max(len(x) for x in outputs)

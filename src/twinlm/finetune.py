@@ -273,10 +273,11 @@ def _word_tags(feature: dict[str, Any], logits: torch.Tensor, labels: list[str])
     """One tag per word, read from its first sub-token; words cut off by truncation get 'O'."""
     tags = ["O"] * feature["n_words"]
     seen = set()
+    best = logits.argmax(-1).tolist()  # one argmax for the row: per word it costs a tensor op each
     for pos, w in enumerate(feature["word_ids"]):
         if w is not None and w not in seen:
             seen.add(w)
-            tags[w] = labels[int(logits[pos].argmax())]
+            tags[w] = labels[best[pos]]
     return tags
 
 

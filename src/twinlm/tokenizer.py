@@ -493,7 +493,8 @@ def _from_tokenizer_json(path: Path) -> Tokenizer:
     try:
         hf = tokenizers.Tokenizer.from_file(str(path))
     except Exception as exc:  # tokenizers raises a plain Exception on malformed JSON
-        raise CheckpointError(f"{path}: cannot read tokenizer.json ({exc}); the file is corrupted") from None
+        reason = " ".join(str(exc).split())  # the Rust message may quote a line break from the file: keep one line
+        raise CheckpointError(f"{path}: cannot read tokenizer.json ({reason}); the file is corrupted") from None
     # Hugging Face files may enable fixed-length padding/truncation (all-MiniLM-L6-v2 pads to 128); twinlm pads
     # batches itself, so encode() must return exactly the text's tokens.
     hf.no_padding()
@@ -506,6 +507,8 @@ def _from_tokenizer_json(path: Path) -> Tokenizer:
         kind, special = meta["kind"], meta["special"]
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as exc:
         raise CheckpointError(f"{sidecar}: corrupted tokenizer sidecar ({exc})") from None
+    if not isinstance(special, dict) or not all(isinstance(t, str) or t is None for t in special.values()):
+        raise CheckpointError(f"{sidecar}: corrupted tokenizer sidecar ('special' is not a map of role to token)")
     if kind not in KINDS:
         raise CheckpointError(f"{sidecar}: unknown tokenizer kind {kind!r}")
     return Tokenizer(hf, kind, special, source=str(path))

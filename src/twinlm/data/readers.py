@@ -144,7 +144,8 @@ def _iter_jsonl(path: Path, text_field: str, on_error: str) -> Iterator[str]:
                 bad(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
                 continue
             if text_field not in record:
-                keys = ", ".join(map(str, list(record)[:10])) or "none"
+                # repr for a key with a line break or other control character: the message stays one line
+                keys = ", ".join(k if k.isprintable() else repr(k) for k in list(record)[:10]) or "none"
                 bad(f"{path}:{lineno}: no '{text_field}' field; pass --text-field NAME (this line has: {keys})")
                 continue
             text = record[text_field]

@@ -76,14 +76,15 @@ def read_classification(path: str | Path, text_column: str | None = None, label_
     path = Path(path)
     rows, lines = _rows(path)
     columns = [c for c in rows[0] if isinstance(c, str)]  # csv puts cells beyond the header under None
+    shown = ", ".join(c if c.isprintable() else repr(c) for c in columns)  # a name with a line break stays one line
     if text_column is None:
         text_column = next((c for c in ("text", "sentence") if c in columns), None)
         if text_column is None:
-            raise DataError(f"{path}: no 'text' or 'sentence' column (columns: {', '.join(columns)}); "
+            raise DataError(f"{path}: no 'text' or 'sentence' column (columns: {shown}); "
                             f"pass --text-column")
     for needed in (text_column, pair_column):
         if needed and needed not in columns:
-            raise DataError(f"{path}: no column {needed!r} (columns: {', '.join(columns)})")
+            raise DataError(f"{path}: no column {needed!r} (columns: {shown})")
     out = []
     for row, n in zip(rows[:max_rows] if max_rows else rows, lines, strict=False):
         text = row.get(text_column)
