@@ -255,3 +255,45 @@ def test_time_budget_gives_every_model_the_slowest_ones_steps(tmp_path):
     assert b["probe_seconds_per_step"] == timed and b["time_cap"] == 60.0
     assert budget(CompareOptions(corpus=[__file__], out=str(tmp_path), tokens=1000, batch_size=4,
                                  seq_len=32))["steps"] == 1000 // 128
+
+
+def test_a_seeded_claim_is_settled_only_by_a_gap_wider_than_the_seed_spread():
+    from twinlm.compare.claims import _seeded
+
+    def e(mean, std, n=3):
+        return {"mean": mean, "std": std, "n": n}
+
+    clear_win = _seeded("x", "a beats b", e(0.60, 0.01), e(0.50, 0.02), "t")
+    clear_loss = _seeded("x", "a beats b", e(0.50, 0.01), e(0.60, 0.02), "t")
+    inside = _seeded("x", "a beats b", e(0.737, 0.008), e(0.728, 0.009), "t")  # ahead, but by less than the spread
+    one_seed = _seeded("x", "a beats b", e(0.61, 0.0, 1), e(0.60, 0.0, 1), "t")
+    assert (clear_win["held"], clear_win["verdict"]) == (True, "held")
+    assert (clear_loss["held"], clear_loss["verdict"]) == (False, "did not hold")
+    assert (inside["held"], inside["verdict"]) == (None, "not settled")
+    assert (one_seed["held"], one_seed["verdict"]) == (True, "held")
+
+
+def test_the_reports_command_line_parses_back_to_the_same_options(tmp_path):
+    """The report's "Reproduce" command must carry every flag the run changed (the recipe too), or it reproduces
+    another run."""
+    import argparse
+    import shlex
+
+    from twinlm.cli_compare import add_arguments, options_from_args
+    from twinlm.compare import CompareOptions
+    from twinlm.compare.report import command_line
+
+    for name in ("a.txt", "b c.txt", "t.tsv", "d.tsv"):
+        (tmp_path / name).write_text("x\n")
+    opts = CompareOptions(corpus=[str(tmp_path / "a.txt"), str(tmp_path / "b c.txt")], out=str(tmp_path / "out"),
+                          vocab_size=500,
+                          objectives=["mlm", "clm"], positions=["learned", "rotary"], preset="tiny", tokens=4096,
+                          seeds=2, seq_len=64, batch_size=8, lr=1e-3, cloze_n=20, heldout_chars=500,
+                          prompts=["It was", "don't stop"], finetune_epochs=1.0, finetune_lr=1e-3, max_eval_rows=50,
+                          random_init=False, tasks=[f"classify={tmp_path}/t.tsv:{tmp_path}/d.tsv:100"])
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    words = shlex.split(command_line(opts).replace("\\\n", " "))
+    assert words[:2] == ["twinlm", "compare"]
+    back = options_from_args(p.parse_args(words[2:]))
+    assert back.to_dict() == opts.to_dict()

@@ -91,9 +91,8 @@ def run_command(args: argparse.Namespace) -> None:
         results = run(resume=args.resume, **how)
     else:
         results = run(options_from_args(args))
-    word = {True: "held", False: "did not hold", None: "not comparable"}
     for claim in results.claims:
-        print(f"  {word[claim['held']]:>14}: {claim['text']}")
+        print(f"  {claim['verdict']:>14}: {claim['text']}")
 
 
 def _command():

@@ -1,8 +1,9 @@
 """The README's claims, checked against a comparison's numbers and said in plain words.
 
-Each claim gives ``held`` True (the numbers agree), False (they disagree) or None (not measured in this run), and a
-sentence with the numbers. Fine-tuning claims give the spread over seeds: a difference larger than the two standard
-deviations together is "clear", otherwise "within the seed spread".
+Each claim gives a ``verdict`` ("held", "did not hold", "not settled" or "not comparable"), ``held`` (True, False,
+or None when not settled or not comparable) and a sentence with the numbers. Fine-tuning claims are judged by the
+spread over seeds: a difference larger than the two standard deviations together is "clear"; a smaller one settles
+nothing ("not settled"), whichever mean is ahead, except for "matches" claims, which a gap within the spread supports.
 """
 
 from __future__ import annotations
@@ -33,8 +34,22 @@ def _verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
     return "a clear gap" if gap > a["std"] + b["std"] else "within the seed spread"
 
 
-def _claim(cid: str, claim: str, held: bool | None, text: str) -> dict[str, Any]:
-    return {"id": cid, "claim": claim, "held": held, "text": text}
+def _clear(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """True when the means differ by more than the seed spread (or there is one seed, so no spread to go by)."""
+    return a["n"] < 2 or b["n"] < 2 or abs(a["mean"] - b["mean"]) > a["std"] + b["std"]
+
+
+def _claim(cid: str, claim: str, held: bool | None, text: str, verdict: str | None = None) -> dict[str, Any]:
+    if verdict is None:
+        verdict = {True: "held", False: "did not hold", None: "not comparable"}[held]
+    return {"id": cid, "claim": claim, "held": held, "verdict": verdict, "text": text}
+
+
+def _seeded(cid: str, claim: str, a: dict[str, Any], b: dict[str, Any], text: str) -> dict[str, Any]:
+    """The claim "a beats b" over seeds: held or not only when the gap is clear, else not settled."""
+    if not _clear(a, b):
+        return _claim(cid, claim, None, text, "not settled")
+    return _claim(cid, claim, a["mean"] > b["mean"], text)
 
 
 def _pairs(res: Results, a: str, b: str) -> list[tuple[str, str, str]]:
@@ -50,11 +65,10 @@ def understanding(res: Results) -> list[dict[str, Any]]:
             if mlm not in models or clm not in models:
                 continue
             a, b = models[mlm], models[clm]
-            held = a["mean"] > b["mean"]
-            ahead = "MLM is ahead" if held else ("CLM is ahead" if b["mean"] > a["mean"] else "a tie")
-            out.append(_claim(f"understanding:{task}:{pos}", f"bidirectional context wins {task}", held,
-                              f"{task} ({a['metric']}, {pos} positions): MLM {spread(a)} vs CLM {spread(b)}: "
-                              f"{ahead}, {_verdict(a, b)}."))
+            ahead = "MLM is ahead" if a["mean"] > b["mean"] else ("CLM is ahead" if b["mean"] > a["mean"] else "a tie")
+            out.append(_seeded(f"understanding:{task}:{pos}", f"bidirectional context wins {task}", a, b,
+                               f"{task} ({a['metric']}, {pos} positions): MLM {spread(a)} vs CLM {spread(b)}: "
+                               f"{ahead}, {_verdict(a, b)}."))
     return out
 
 
@@ -103,7 +117,8 @@ def hybrid(res: Results) -> list[dict[str, Any]]:
             others = [models[n] for n in (clm, hyb.replace("hybrid", "mlm")) if n in models]
             if hyb in models and others:
                 best = max(others, key=lambda e: e["mean"])
-                held = models[hyb]["mean"] >= best["mean"]
+                # "matches": a gap within the seed spread supports it; only a clear gap below refutes it
+                held = models[hyb]["mean"] >= best["mean"] or not _clear(models[hyb], best)
                 out.append(_claim(f"hybrid_task:{task}:{pos}", f"the hybrid matches the better of MLM and CLM on "
                                   f"{task}", held, f"{task} ({pos}): hybrid {spread(models[hyb])} vs the better "
                                   f"single objective {spread(best)}, {_verdict(models[hyb], best)}."))
@@ -140,9 +155,9 @@ def pretraining(res: Results) -> list[dict[str, Any]]:
             entry = models.get(v.name)
             base = models.get(f"random-{entry['attention']}-{v.position}") if entry else None
             if entry and base:
-                out.append(_claim(f"pretraining:{task}:{v.name}", f"pretraining helps {task}",
-                                  entry["mean"] > base["mean"], f"{task}: {v.name} {spread(entry)} vs the same "
-                                  f"backbone from random weights {spread(base)}, {_verdict(entry, base)}."))
+                out.append(_seeded(f"pretraining:{task}:{v.name}", f"pretraining helps {task}", entry, base,
+                                   f"{task}: {v.name} {spread(entry)} vs the same backbone from random weights "
+                                   f"{spread(base)}, {_verdict(entry, base)}."))
     return out
 
 

@@ -7,8 +7,10 @@ the Markdown and the HTML always say the same thing.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import math
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -188,8 +190,7 @@ def build(res: Results) -> Doc:
     d.add("h2", "The classic table, measured")
     d.add("table", classic_table(res))
     d.add("h2", "Which claims held on this corpus and budget")
-    word = {True: "**held**", False: "**did not hold**", None: "**not comparable**"}
-    d.add("list", [f"{word[c['held']]}: {c['claim']}. {c['text']}" for c in res.claims] or ["nothing measured yet"])
+    d.add("list", [f"**{c['verdict']}**: {c['claim']}. {c['text']}" for c in res.claims] or ["nothing measured yet"])
     d.add("h2", "All numbers")
     d.add("table", numbers_table(res))
     u = res.baseline.get("unigram")
@@ -241,8 +242,9 @@ def build(res: Results) -> Doc:
 
 
 def command_line(o) -> str:
-    parts = ["twinlm compare", *[f"--corpus {c}" for c in o.corpus], f"--out {o.out}"]
-    parts.append(f"--tokenizer {o.tokenizer}" if o.tokenizer else f"--vocab-size {o.vocab_size}")
+    q = shlex.quote  # a path with a space must survive a copy into the shell
+    parts = ["twinlm compare", *[f"--corpus {q(str(c))}" for c in o.corpus], f"--out {q(str(o.out))}"]
+    parts.append(f"--tokenizer {q(str(o.tokenizer))}" if o.tokenizer else f"--vocab-size {o.vocab_size}")
     parts += [f"--objectives {','.join(o.objectives)}", f"--positions {','.join(o.positions)}", f"--preset {o.preset}"]
     if "hybrid" in o.objectives:
         parts.append(f"--hybrid {o.hybrid}")
@@ -252,9 +254,22 @@ def command_line(o) -> str:
         parts.append(f"--time-budget {o.time_budget:g}")
     parts.append(f"--seeds {o.seeds}")
     for t in o.tasks:
-        parts.append(f"--task {t.task}={t.train}:{t.dev}" + (f":{t.max_train_rows}" if t.max_train_rows else ""))
+        spec = f"{t.task}={t.train}:{t.dev}" + (f":{t.max_train_rows}" if t.max_train_rows else "")
+        parts.append(f"--task {q(spec)}")
     if o.heldout:
-        parts.append(f"--heldout {o.heldout}")
+        parts.append(f"--heldout {q(str(o.heldout))}")
+    # The recipe flags, wherever the run left the default: without them the command would not reproduce the run.
+    default = {f.name: f.default for f in dataclasses.fields(o)}  # not an instance: its files need not exist
+    flags = {"seq_len": "--seq-len", "batch_size": "--batch-size", "lr": "--lr", "cloze_n": "--cloze-items",
+             "heldout_chars": "--heldout-chars", "finetune_epochs": "--finetune-epochs",
+             "finetune_lr": "--finetune-lr", "max_eval_rows": "--max-eval-rows"}
+    for name, flag in flags.items():
+        value = getattr(o, name)
+        if value is not None and value != default[name]:
+            parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    parts += [f"--prompt {q(text)}" for text in o.prompts or []]
+    if not o.random_init:
+        parts.append("--no-random-init")
     return " \\\n  ".join(parts)
 
 
