@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.twinlm-installed
 
-.PHONY: demo test lint bench clean setup
+.PHONY: demo test test-dist lint bench clean setup
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,7 +21,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not dist"
+
+# The multi-process tests alone: FSDP/DDP equivalence, resharding, a killed sharded save, two-node launch.
+test-dist: $(STAMP)
+	$(PY) -m pytest -m dist
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -7,6 +7,8 @@ killed run continues where it stopped. Prints the table as JSON and Markdown and
 
     python benchmarks/zh_results.py --runs runs/zh --out benchmarks/results/zh
     python benchmarks/zh_results.py --tasks chnsenticorp --inits mlm,random     # a subset
+    python benchmarks/zh_results.py --tasks chnsenticorp,msra --inits mlm-char1000,mlm-wwm1000 --epochs 1
+        # any folder under --runs is an init: here per-character vs whole-word MLM checkpoints at the same step
 
 Held-back splits (ChnSentiCorp/online-shopping/MSRA test rows, CMRC articles 600-847) are never read: CMRC is scored
 on articles 500-599 of the public dev file after training on the trial set and articles 0-499.
@@ -20,7 +22,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -136,12 +138,15 @@ def main() -> None:
     ap.add_argument("--inits", default="mlm,clm,random,mlm-wwm")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=float, help="fine-tuning epochs for every task run now (default: each task's own)")
     ap.add_argument("--table-only", action="store_true", help="write the table from the finished parts; train nothing")
     args = ap.parse_args()
     runs = Path(args.runs)
     work = runs / "results"
     split_cmrc(work)
     specs = tasks(work)
+    if args.epochs:
+        specs = {k: replace(v, epochs=args.epochs) for k, v in specs.items()}
     parts = work / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     rows = []

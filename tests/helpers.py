@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -72,3 +73,9 @@ def cached_logits(model, ids, prefix: int, past: list | None = None):
             hidden, cache = model.backbone(ids[:, t:t + 1], past=cache)
             steps.append(model.head(hidden))
     return torch.cat(steps, dim=1), cache
+
+
+def losses(run: Path) -> dict[int, float]:
+    """step -> training loss, from a run folder's metrics.jsonl."""
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}

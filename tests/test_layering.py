@@ -29,7 +29,7 @@ LAYERS: list[list[str]] = [
     ["tokenizer", "textstream", "data.corpus", "data.segment", "data.blocks", "data.tasks"],  # 5: text -> ids
     ["checkpoint", "runfolder", "hf", "hf.*"],  # 6: model folders on disk: twinlm and Hugging Face formats
     ["loading"],  # 7: the one door in for a model
-    ["train"],  # 8
+    ["train", "distributed"],  # 8: the loop; FSDP/DDP wrapping and sharded checkpoints
     ["pretrain", "runs", "finetune", "processors", "decoding", "generate", "beam", "masked", "scoring",
      "measures"],  # 9: training runs, decoding, scoring
     ["pipelines", "quickstart"],  # 10

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import REPO, prepared_corpus
+from helpers import REPO, losses, prepared_corpus
 from twinlm import checkpoint as ckpt
 from twinlm import runfolder
 from twinlm.config import ModelConfig
@@ -32,11 +32,6 @@ SMALL = ["--preset", "tiny", "--seq-len", "32", "--batch-size", "4", "--log-ever
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return prepared_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-def losses(run: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
 
 
 def _cfg(**kw) -> TrainConfig:

@@ -39,6 +39,13 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--compile", action="store_true",
                    help="torch.compile the model and loss (the first step pays the compile time; it is logged)")
     g.add_argument("--resume", default=None, help="'auto' (newest valid checkpoint in --out) or a checkpoint folder")
+    g.add_argument("--strategy", default="ddp", choices=["ddp", "fsdp"],
+                   help="under torchrun: ddp keeps a whole model per process; fsdp shards weights, gradients and "
+                        "optimizer state across processes (FSDP2) and writes sharded checkpoints that resume on "
+                        "any number of processes (`twinlm convert --from-sharded` makes a model folder of one)")
+    g.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each Transformer block's activations in the backward pass: less memory, "
+                        "about a third more compute")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
 
 
@@ -121,6 +128,8 @@ def _convert_arguments(p: argparse.ArgumentParser) -> None:
     way = p.add_mutually_exclusive_group(required=True)
     way.add_argument("--from-hf", metavar="DIR", help="Hugging Face folder (or hf:ORG/NAME in the local cache)")
     way.add_argument("--to-hf", metavar="DIR", help="twinlm model, checkpoint or run folder")
+    way.add_argument("--from-sharded", metavar="DIR",
+                     help="sharded checkpoint folder (--strategy fsdp) -> ordinary checkpoint folder (model folder)")
     p.add_argument("--family", default=None, help="with --to-hf: bert | roberta | distilbert | gpt2 | llama "
                    "(default: the family it was imported from)")
     p.add_argument("--out", required=True, help="folder to write")
@@ -135,7 +144,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
         warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         eval_every=args.eval_every, save_every=args.save_every, keep_last=args.keep_last, log_every=args.log_every,
         time_budget=args.time_budget, seed=args.seed, device=args.device, dtype=args.dtype,
-        progress=not args.no_progress, compile=args.compile,
+        progress=not args.no_progress, compile=args.compile, strategy=args.strategy,
+        activation_checkpointing=args.activation_checkpointing,
     )
 
 
@@ -230,7 +240,12 @@ def cmd_convert(args: argparse.Namespace) -> None:
     """Run `twinlm convert`."""
     from .loading import convert_from_hf, convert_to_hf
 
-    if args.from_hf:
+    if args.from_sharded:
+        from .distributed import consolidate
+
+        path = consolidate(args.from_sharded, args.out)
+        print(f"consolidated sharded checkpoint {args.from_sharded} -> checkpoint folder {path}")
+    elif args.from_hf:
         path, info = convert_from_hf(args.from_hf, args.out)
         print(f"imported {info['family']} from {args.from_hf} -> twinlm model folder {path}")
         for note in info["notes"]:
@@ -265,7 +280,8 @@ COMMANDS = [
             add_arguments=_sample_arguments, run=cmd_sample),
     Command("convert", "convert between Hugging Face and twinlm model folders",
             examples=("twinlm convert --from-hf ../shared/data/checkpoints/all-MiniLM-L6-v2 --out models/minilm",
-                      "twinlm convert --to-hf models/minilm --out hf/minilm   # back, as the family it came from"),
+                      "twinlm convert --to-hf models/minilm --out hf/minilm   # back, as the family it came from",
+                      "twinlm convert --from-sharded runs/mlm/checkpoint-0002000 --out models/mlm   # FSDP run"),
             add_arguments=_convert_arguments, run=cmd_convert),
 ]
 

@@ -285,6 +285,8 @@ class FinetuneTask:
     """Trainer task: shuffled epochs over the training features (batched as opts.batching says, see
     train_batches); every batch a pure function of its step."""
 
+    find_unused_parameters = True  # the pretrained LM head gets no gradient here; DDP must be told
+
     def __init__(self, train: TaskData, evaluation: TaskData | None, tokenizer: Tokenizer, opts: FinetuneOptions,
                  batch_size: int, grad_accum: int, seed: int) -> None:
         check_batching(opts)

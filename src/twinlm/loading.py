@@ -110,13 +110,21 @@ def resolve(path: str | Path) -> Path:
         raise CheckpointError(f"{folder}: no such model folder; pass the --out folder of a training run, a model "
                               "folder, a Hugging Face folder or hf:ORG/NAME")
     if (folder / "config.json").is_file():
-        return folder
+        return _not_sharded(folder)
     if (folder / "best" / "config.json").is_file():
         return folder / "best"
     latest = latest_checkpoint(folder)
     if latest is None:
         raise CheckpointError(f"{folder}: no config.json, no best/ and no complete checkpoint-* folder inside")
-    return latest
+    return _not_sharded(latest)
+
+
+def _not_sharded(folder: Path) -> Path:
+    """``folder``, unless it is an FSDP checkpoint (per-rank shards in shards/, no whole model.safetensors)."""
+    if (folder / "shards").is_dir() and not (folder / "model.safetensors").is_file():
+        raise CheckpointError(f"{folder}: a sharded (FSDP) checkpoint; make a model folder of it first: "
+                              f"twinlm convert --from-sharded {folder} --out MODEL_DIR")
+    return folder
 
 
 # --------------------------------------------------------------------------- the two checks

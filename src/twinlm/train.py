@@ -1,4 +1,7 @@
-"""The one training loop: AdamW, warmup + cosine, accumulation, clipping, autocast, DDP, checkpoints, resume.
+"""The one training loop: AdamW, warmup + cosine, accumulation, clipping, autocast, DDP or FSDP, checkpoints, resume.
+
+With ``strategy="fsdp"`` on several processes the model is sharded and checkpoints are sharded too; that part lives
+in :mod:`twinlm.distributed`.
 
 The loop knows nothing about objectives or data formats. A *task* supplies them:
 
@@ -30,6 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import checkpoint as ckpt
+from . import distributed as parallel
 from .errors import ConfigError, TrainingDiverged, TwinLMError
 from .loading import fit_weights, training_state
 from .runfolder import checkpoint_dir, prune_checkpoints
@@ -62,6 +66,8 @@ class TrainConfig:
     best_metric: str | None = None  # e.g. "accuracy": keep run_dir/best at its best evaluation
     greater_is_better: bool = True
     patience: int | None = None  # stop after this many evaluations without improvement
+    strategy: str = "ddp"  # with several processes: ddp (whole model per rank) or fsdp (sharded, twinlm.distributed)
+    activation_checkpointing: bool = False  # recompute each block's activations in backward (less memory)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
@@ -80,6 +86,7 @@ class TrainConfig:
             raise ConfigError(f"--dtype {self.dtype!r}: choose fp32 or bf16")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ConfigError(f"--device {self.device!r}: choose auto, cpu or cuda")
+        parallel.check_strategy(self.strategy, self.compile)
 
 
 class Task(Protocol):
@@ -267,9 +274,19 @@ class Trainer:
         self.autocast = autocast_factory(self.device, cfg.dtype)
         self.model = model.to(self.device)
         self.loss_module = task.loss_module(self.model).to(self.device)
-        if self.dist.world > 1:
+        if cfg.activation_checkpointing:
+            parallel.checkpoint_blocks(self.model)
+        # Sharded checkpoints: FSDP on several processes; the optimizer below is built over the shards.
+        self.sharded = self.dist.world > 1 and cfg.strategy == "fsdp"
+        if self.sharded:
+            self.loss_module = parallel.shard(self.model, self.loss_module, self.device, cfg.dtype)
+        elif self.dist.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.loss_module = nn.parallel.DistributedDataParallel(self.loss_module, device_ids=ids)
+            # A task whose loss leaves some weights without a gradient (fine-tuning: the pretrained LM head) says so;
+            # DDP would otherwise wait forever for their reduction and fail.
+            unused = bool(getattr(task, "find_unused_parameters", False))
+            self.loss_module = nn.parallel.DistributedDataParallel(self.loss_module, device_ids=ids,
+                                                                   find_unused_parameters=unused)
         if cfg.compile:
             # Compiled outside DDP so DDP's bucketing hooks stay in eager code; the weights are shared with
             # self.model, so checkpoints and evaluation are unaffected.
@@ -285,13 +302,25 @@ class Trainer:
         self.log = MetricsLog(self.run_dir / "metrics.jsonl", self.dist.main)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
+    def _trainer_state(self) -> dict[str, Any]:
+        """Position, best-so-far, RNG and settings: the JSON part of a checkpoint."""
+        return {"step": self.step, "tokens_seen": self.tokens_seen, "best": self.best,
+                "evals_without_gain": self.evals_without_gain, "rng": rng_state_to_json(),
+                "train_config": asdict(self.cfg), **self.run_info}
+
     def save(self) -> Path:
         """Atomic checkpoint of model, optimizer, RNG and position (rank 0 writes, the others wait)."""
         folder = checkpoint_dir(self.run_dir, self.step)
+        if self.sharded:  # every rank writes its shard (twinlm.distributed)
+            state = self._trainer_state()
+            parallel.save_sharded(folder, self.model, self.optimizer, config=self.model.config,
+                                  tokenizer=self.tokenizer, trainer_state=state)
+            if self.dist.main:
+                prune_checkpoints(self.run_dir, self.cfg.keep_last)
+            self._barrier()
+            return folder
         if self.dist.main:
-            state = {"step": self.step, "tokens_seen": self.tokens_seen, "best": self.best,
-                     "evals_without_gain": self.evals_without_gain, "rng": rng_state_to_json(),
-                     "train_config": asdict(self.cfg), **self.run_info}
+            state = self._trainer_state()
             ckpt.save_checkpoint(folder, model_state=self.model.state_dict(), config=self.model.config,
                                  tokenizer=self.tokenizer, trainer_state=state,
                                  optimizer_state=self.optimizer.state_dict())
@@ -303,13 +332,20 @@ class Trainer:
         """``auto``: the newest valid checkpoint in the run folder, if any; else a checkpoint folder path."""
         if not source:
             return
-        found = training_state(source, self.run_dir)
-        if found is None:
-            return
-        folder, state, trainer_state, optim_state = found
-        fit_weights(self.model, state, folder)
-        if optim_state is not None:
-            self.optimizer.load_state_dict(optim_state)
+        if self.sharded or parallel.sharded_source(source, self.run_dir):
+            # a checkpoint saved on any number of ranks, sharded or whole, into this job's shards (or whole model)
+            resumed = parallel.resume_state(source, self.run_dir, self.model, self.optimizer)
+            if resumed is None:
+                return
+            folder, trainer_state = resumed
+        else:
+            found = training_state(source, self.run_dir)
+            if found is None:
+                return
+            folder, state, trainer_state, optim_state = found
+            fit_weights(self.model, state, folder)
+            if optim_state is not None:
+                self.optimizer.load_state_dict(optim_state)
         self.step = int(trainer_state["step"])
         self.tokens_seen = int(trainer_state.get("tokens_seen", 0))
         self.best = trainer_state.get("best")
@@ -330,8 +366,9 @@ class Trainer:
         gain = self.best is None or (value > self.best if self.cfg.greater_is_better else value < self.best)
         if gain:
             self.best, self.evals_without_gain = value, 0
+            weights = parallel.full_model_state(self.model) if self.sharded else self.model.state_dict()
             if self.dist.main:
-                ckpt.save_model(self.run_dir / "best", model_state=self.model.state_dict(), config=self.model.config,
+                ckpt.save_model(self.run_dir / "best", model_state=weights, config=self.model.config,
                                 tokenizer=self.tokenizer)
                 ckpt.write_text_atomic(self.run_dir / "best_metrics.json", json.dumps({"step": self.step, **metrics}))
             self._barrier()
@@ -360,7 +397,7 @@ class Trainer:
             tokens += self.task.tokens(batch) * self.dist.world
             batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             last = micro == cfg.grad_accum - 1
-            sync = contextlib.nullcontext() if last or self.dist.world == 1 else self.loss_module.no_sync()
+            sync = contextlib.nullcontext() if last or self.dist.world == 1 else parallel.no_sync(self.loss_module)
             with sync:
                 with self.autocast():
                     loss = self.loss_module(**batch) / cfg.grad_accum
@@ -396,7 +433,7 @@ class Trainer:
 
     def evaluate(self) -> dict[str, float]:
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), parallel.gathered(self.loss_module):
             metrics = self.task.evaluate(self.model, self.autocast)
         self.model.train()
         return metrics
