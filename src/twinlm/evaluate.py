@@ -11,7 +11,7 @@ import difflib
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 
 def accuracy(predictions: Sequence, references: Sequence) -> float:
@@ -66,16 +66,24 @@ def squad_f1(prediction: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def squad_metrics(predictions: dict[str, str], golds: dict[str, list[str]]) -> dict[str, float]:
-    """exact_match and f1 in percent, each the max over the gold answers, averaged over questions."""
-    em = f1 = 0.0
+def _best_over_references(predictions: dict[str, str], golds: dict[str, list[str]],
+                          exact: Callable[[str, str], float], f1: Callable[[str, str], float]) -> tuple[float, float]:
+    """(EM, F1) in percent: each question's best over its references, averaged over every question of ``golds``
+    (a question without a prediction scores 0)."""
+    em_sum = f1_sum = 0.0
     for qid, answers in golds.items():
         pred = predictions.get(qid, "")
         answers = answers or [""]
-        em += max(squad_exact(pred, a) for a in answers)
-        f1 += max(squad_f1(pred, a) for a in answers)
+        em_sum += max(exact(pred, a) for a in answers)
+        f1_sum += max(f1(pred, a) for a in answers)
     n = max(len(golds), 1)
-    return {"exact_match": 100.0 * em / n, "f1": 100.0 * f1 / n}
+    return 100.0 * em_sum / n, 100.0 * f1_sum / n
+
+
+def squad_metrics(predictions: dict[str, str], golds: dict[str, list[str]]) -> dict[str, float]:
+    """exact_match and f1 in percent, each the max over the gold answers, averaged over questions."""
+    em, f1 = _best_over_references(predictions, golds, squad_exact, squad_f1)
+    return {"exact_match": em, "f1": f1}
 
 
 # -- CMRC 2018 ------------------------------------------------------------------------------------------------
@@ -143,14 +151,8 @@ def cmrc_f1(prediction: str, gold: str) -> float:
 def cmrc_metrics(predictions: dict[str, str], golds: dict[str, list[str]]) -> dict[str, float]:
     """cmrc_exact_match and cmrc_f1 in percent, each the best over the reference answers, averaged over every
     question of ``golds`` (one without a prediction scores 0, as the official script counts it)."""
-    em = f1 = 0.0
-    for qid, answers in golds.items():
-        pred = predictions.get(qid, "")
-        answers = answers or [""]
-        em += max(cmrc_exact(pred, a) for a in answers)
-        f1 += max(cmrc_f1(pred, a) for a in answers)
-    n = max(len(golds), 1)
-    return {"cmrc_exact_match": 100.0 * em / n, "cmrc_f1": 100.0 * f1 / n}
+    em, f1 = _best_over_references(predictions, golds, cmrc_exact, cmrc_f1)
+    return {"cmrc_exact_match": em, "cmrc_f1": f1}
 
 
 # -- NER ------------------------------------------------------------------------------------------------------

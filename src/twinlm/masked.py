@@ -182,6 +182,19 @@ def _mlm_frame(tokenizer: Tokenizer, prompt: str, n_new: int) -> tuple[list[int]
     return head + [tokenizer.mask_id] * n_new + tail, list(range(start, start + n_new))
 
 
+def mask_predict_frame(model: LanguageModel, tokenizer: Tokenizer, prompt: str, max_new_tokens: int,
+                       steps: int) -> tuple[list[int], list[int]]:
+    """The checked input of mask-predict: (ids of [CLS] prompt + blanks [SEP], the blanks' positions)."""
+    require(model, "masked", "mask-predict", "use `twinlm generate` without --mask-predict")
+    if max_new_tokens < 1 or steps < 1:
+        raise ConfigError(f"mask-predict needs max_new_tokens >= 1 and steps >= 1, got {max_new_tokens}, {steps}")
+    ids, blanks = _mlm_frame(tokenizer, prompt, max_new_tokens)
+    if len(ids) > model.config.max_positions:
+        raise ConfigError(f"prompt + {max_new_tokens} blanks is {len(ids)} tokens; the model takes at most "
+                          f"max_positions={model.config.max_positions}")
+    return ids, blanks
+
+
 @torch.inference_mode()
 def mask_predict(model: LanguageModel, tokenizer: Tokenizer, prompt: str, max_new_tokens: int = 20,
                  steps: int = 10) -> Generation:
@@ -191,13 +204,7 @@ def mask_predict(model: LanguageModel, tokenizer: Tokenizer, prompt: str, max_ne
     its probability; at iteration t of T re-mask the N * (T - t) / T least confident positions and predict them
     again given the rest. Special tokens are never predicted.
     """
-    require(model, "masked", "mask-predict", "use `twinlm generate` without --mask-predict")
-    if max_new_tokens < 1 or steps < 1:
-        raise ConfigError(f"mask-predict needs max_new_tokens >= 1 and steps >= 1, got {max_new_tokens}, {steps}")
-    ids, blanks = _mlm_frame(tokenizer, prompt, max_new_tokens)
-    if len(ids) > model.config.max_positions:
-        raise ConfigError(f"prompt + {max_new_tokens} blanks is {len(ids)} tokens; the model takes at most "
-                          f"max_positions={model.config.max_positions}")
+    ids, blanks = mask_predict_frame(model, tokenizer, prompt, max_new_tokens, steps)
     device = device_of(model)
     x = torch.tensor([ids], device=device)
     pos = torch.tensor(blanks, device=device)

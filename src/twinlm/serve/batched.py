@@ -16,10 +16,9 @@ from typing import Any
 
 import torch
 
-from ..config import require
 from ..decoding import Generation
 from ..errors import ConfigError, TwinLMError
-from ..masked import MaskPrediction, _mask_positions, _mask_predict_schedule, _mlm_frame, _nth_mask
+from ..masked import MaskPrediction, _mask_positions, _mask_predict_schedule, _nth_mask, mask_predict_frame
 from ..model import LanguageModel, device_of
 from ..processors import NEG_INF
 from ..scoring import PerplexityResult, _check_paradigm, _encode, _frame, _windowing, start_id
@@ -117,13 +116,7 @@ def mask_predict_many(model: LanguageModel, tokenizer: Tokenizer, items: Sequenc
 
     def check(item: tuple[str, int, int]) -> tuple[list[int], list[int], int]:
         prompt, n_new, steps = item
-        require(model, "masked", "mask-predict", "use `twinlm generate` without --mask-predict")
-        if n_new < 1 or steps < 1:
-            raise ConfigError(f"mask-predict needs max_new_tokens >= 1 and steps >= 1, got {n_new}, {steps}")
-        ids, blanks = _mlm_frame(tokenizer, prompt, n_new)
-        if len(ids) > model.config.max_positions:
-            raise ConfigError(f"prompt + {n_new} blanks is {len(ids)} tokens; the model takes at most "
-                              f"max_positions={model.config.max_positions}")
+        ids, blanks = mask_predict_frame(model, tokenizer, prompt, n_new, steps)
         return ids, blanks, steps
 
     prepared = _each(items, check)
