@@ -30,8 +30,7 @@ def spread(entry: dict[str, Any]) -> str:
 def _verdict(a: dict[str, Any], b: dict[str, Any]) -> str:
     if a["n"] < 2 or b["n"] < 2:
         return "one seed, so no spread to judge it by"
-    gap = abs(a["mean"] - b["mean"])
-    return "a clear gap" if gap > a["std"] + b["std"] else "within the seed spread"
+    return "a clear gap" if _clear(a, b) else "within the seed spread"
 
 
 def _clear(a: dict[str, Any], b: dict[str, Any]) -> bool:
