@@ -9,6 +9,7 @@ killed run continues where it stopped. Prints the table as JSON and Markdown and
     python benchmarks/zh_results.py --tasks chnsenticorp --inits mlm,random     # a subset
     python benchmarks/zh_results.py --tasks chnsenticorp,msra --inits mlm-char1000,mlm-wwm1000 --epochs 1
         # any folder under --runs is an init: here per-character vs whole-word MLM checkpoints at the same step
+    python benchmarks/zh_results.py --tasks topic --inits mlm2 --max-train-rows 16000 --tag 16k   # a second recipe
 
 Held-back splits (ChnSentiCorp/online-shopping/MSRA test rows, CMRC articles 600-847) are never read: CMRC is scored
 on articles 500-599 of the public dev file after training on the trial set and articles 0-499.
@@ -139,6 +140,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=float, help="fine-tuning epochs for every task run now (default: each task's own)")
+    ap.add_argument("--max-train-rows", type=int, help="training rows for every task run now (default: each task's own)")
+    ap.add_argument("--tag", default="", help="suffix of the part names, so a second recipe keeps the first one's rows")
     ap.add_argument("--table-only", action="store_true", help="write the table from the finished parts; train nothing")
     args = ap.parse_args()
     runs = Path(args.runs)
@@ -147,6 +150,8 @@ def main() -> None:
     specs = tasks(work)
     if args.epochs:
         specs = {k: replace(v, epochs=args.epochs) for k, v in specs.items()}
+    if args.max_train_rows:
+        specs = {k: replace(v, max_train_rows=args.max_train_rows) for k, v in specs.items()}
     parts = work / "parts"
     parts.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -155,7 +160,7 @@ def main() -> None:
             if init != "random" and not (runs / init).exists():
                 print(f"skip {key}/{init}: no pretrained model at {runs / init}", file=sys.stderr)
                 continue
-            part = parts / f"{key}__{init}.json"
+            part = parts / f"{key}__{init}{'__' + args.tag if args.tag else ''}.json"
             if not part.exists() and args.table_only:
                 continue
             if not part.exists():

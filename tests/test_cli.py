@@ -231,3 +231,31 @@ def test_console_script_runs_as_a_process(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith("twinlm: error:")
     assert run_cli("--help").stdout.count("quickstart") >= 1
+
+
+def test_pretrain_init_starts_from_the_weights_with_the_new_paradigm(capsys, tmp_path, data, trained):
+    import torch
+
+    from twinlm.loading import load
+
+    out = tmp_path / "more"
+    # An MLM goes on as a CLM: the weights carry over, the attention and objective follow --objective.
+    assert main(["pretrain", "--objective", "clm", "--init", str(trained["mlm"]), "--data", str(data), "--out",
+                 str(out), "--seq-len", "32", "--batch-size", "4", "--max-steps", "2", "--lr", "1e-12",
+                 "--eval-every", "100", "--no-progress"]) == 0
+    before, after = load(trained["mlm"]), load(out)
+    assert (after.config.attention, after.config.objective) == ("causal", "clm")
+    assert after.config.n_layers == before.config.n_layers and after.config.position == before.config.position
+    # lr 1e-12: two Adam steps move a weight by ~2e-12, so the weights are the init's (loaded, not re-drawn).
+    for name, tensor in before.model.state_dict().items():
+        assert torch.allclose(tensor, after.model.state_dict()[name], rtol=0, atol=1e-9), name
+    run = json.loads((out / "run.json").read_text())
+    assert run["init"] == str(trained["mlm"]) and run["preset"] is None
+
+
+def test_pretrain_init_refuses_an_architecture_flag_and_a_foreign_tokenizer(capsys, tmp_path, data, trained):
+    one_line_error(capsys, ["pretrain", "--objective", "mlm", "--init", str(trained["mlm"]), "--data", str(data),
+                            "--out", str(tmp_path / "a"), "--position", "rotary"], "--position rotary", "drop")
+    other = prepared_corpus(tmp_path / "other", kind="char", n_chars=5_000)
+    one_line_error(capsys, ["pretrain", "--objective", "mlm", "--init", str(trained["mlm"]), "--data", str(other),
+                            "--out", str(tmp_path / "b")], "--init", "tokenizer differs")

@@ -82,10 +82,14 @@ def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="folder written by `twinlm prepare`")
     p.add_argument("--out", required=True, help="run folder: checkpoints, metrics.jsonl, loss_curve.png")
     p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--init", default=None,
+                   help="start from this model's weights and architecture (model, run or checkpoint folder; its "
+                        "tokenizer must be the corpus's) with a fresh optimizer and schedule: continued pretraining")
     p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--norm", default="pre", choices=["pre", "post"])
-    p.add_argument("--position", default="learned", choices=["learned", "rotary"],
-                   help="learned position table (BERT/GPT-2) or rotary (RoPE): rotary learns faster on small budgets")
+    p.add_argument("--norm", default=None, choices=["pre", "post"], help="default pre")
+    p.add_argument("--position", default=None, choices=["learned", "rotary"],
+                   help="learned position table (BERT/GPT-2, the default) or rotary (RoPE): rotary learns faster on "
+                        "small budgets")
     p.add_argument("--mask-prob", type=float, default=0.15)
     p.add_argument("--whole-word", action="store_true",
                    help="mask whole words: the word-start flags of prepare --segmenter when the data has them, "
@@ -190,9 +194,9 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     opts = PretrainOptions(objective=args.objective, seq_len=args.seq_len, mask_prob=args.mask_prob,
                            whole_word=args.whole_word, fixed_count=args.fixed_count, hybrid=args.hybrid,
                            mlm_ratio=args.mlm_ratio, eval_blocks=args.eval_blocks)
+    overrides = {"dropout": args.dropout, "norm": args.norm, "position": args.position}
     result = pretrain_run(args.data, args.out, args.preset, opts, train_config(args), resume=args.resume,
-                          model_overrides={"dropout": args.dropout, "norm": args.norm,
-                                                           "position": args.position})
+                          model_overrides={k: v for k, v in overrides.items() if v is not None}, init=args.init)
     if result is not None:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
         print(f"done: step {result.step}, {metrics}, {result.tokens_per_s:,.0f} tokens/s")
