@@ -140,7 +140,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=float, help="fine-tuning epochs for every task run now (default: each task's own)")
-    ap.add_argument("--max-train-rows", type=int, help="training rows for every task run now (default: each task's own)")
+    ap.add_argument("--max-train-rows", type=int, help="training rows for every task run now (default: per task)")
     ap.add_argument("--tag", default="", help="suffix of the part names, so a second recipe keeps the first one's rows")
     ap.add_argument("--table-only", action="store_true", help="write the table from the finished parts; train nothing")
     args = ap.parse_args()

@@ -223,6 +223,23 @@ def test_task_spec_and_options():
     assert len(names) == 3 + 6 * 4 + 10 * 2
 
 
+def test_a_chinese_novel_without_blank_lines_is_held_out_in_chunks_and_cut_into_sentences(tmp_path):
+    # The Chinese classics are one paragraph per line with no blank line: one "document" per file.
+    line = "此开卷第一回也．作者自云：“因曾历过一番梦幻之后！”故将真事隐去。"
+    novel = tmp_path / "novel.txt"
+    novel.write_text("\n".join(f"{i}{line}" for i in range(3000)) + "\n")
+    train, heldout = compare_data.split_corpus(CompareOptions(corpus=[str(novel)], out=str(tmp_path / "o")))
+    pieces = train + heldout
+    assert len(pieces) > 20 and len(heldout) == len(pieces) // 20
+    lines = [x for c in pieces for x in c.split("\n")]  # cut at line ends, nothing lost or repeated
+    assert sorted(lines) == sorted(novel.read_text().splitlines())
+    assert sum(len(c) < compare_data.CHUNK_CHARS for c in pieces) <= 1  # only the last may be short
+    # Sentences end after 。！？．(a closing quote kept with its sentence); no space is put between characters.
+    assert compare_data.sentences(["甲。乙：“丙！”\n丁？", "The end. \"Go!\" Then\nhe left."]) == [
+        "甲。", "乙：“丙！”", "丁？", "The end.", '"Go!"', "Then he left."]
+    assert compare_data.join_lines("这是\n一行\nand English\nhere") == "这是一行 and English here"
+
+
 def test_cli_flags_build_the_options(tmp_path):
     parser = argparse.ArgumentParser()
     cli_compare.add_arguments(parser)

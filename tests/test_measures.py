@@ -21,9 +21,11 @@ from twinlm.measures import (
     cloze_items,
     corpus_lines,
     distinct_n,
+    first_units,
     next_word_accuracy,
     repetition_rate,
     unigram_baseline,
+    units,
     word_counts,
 )
 from twinlm.model import LanguageModel
@@ -229,6 +231,31 @@ def test_distinct_n_and_repetition_rate_equal_hand_computed_values():
     assert repetition_rate(["x y z w"], 4) == 0.0
     assert repetition_rate(["go go go go go"], 1) == pytest.approx(4 / 5)
     assert distinct_n([], 2) == 0.0 and repetition_rate(["short"], 4) == 0.0
+
+
+def test_chinese_words_are_characters_and_nothing_is_lost_or_glued():
+    text = "这家酒店很好，下次再来。iPhone 15 真的 king, the"
+    found = units(text)
+    assert [u for u, _ in found[:6]] == ["这", "家", "酒", "店", "很", "好"]
+    assert ("，", 6) in found and ("。", 11) in found and ("iPhone", 12) in found and ("king,", 25) in found
+    assert all(text[s:s + len(u)] == u for u, s in found)  # offsets point at the text as written
+    assert "".join(u for u, _ in found) == text.replace(" ", "")  # every character is in exactly one unit
+    # Words to hide are letters: ideographs one by one, punctuation and digits never.
+    assert [w for w, _ in _words(text)] == [*"这家酒店很好下次再来", "iPhone", "真", "的", "king", "the"]
+    assert first_units("此开卷第一回也．作者自云", 5) == "此开卷第一"
+    assert first_units("The king is dead", 2) == "The king"
+    assert distinct_n(["好好好", "好坏"], 1) == pytest.approx(2 / 5)  # characters, not one whitespace "word"
+    assert repetition_rate(["哈哈哈哈哈"], 2) == pytest.approx(3 / 4)
+
+
+def test_chinese_cloze_items_hide_one_character_and_keep_the_sentence():
+    lines = ["这家酒店的服务很好，下次还会再来。", "房间太小了。", "从前有座山，山里有座庙。"]
+    items = cloze_items(lines, 10, seed=0)
+    assert len(items) == 3  # six or more units: even the six-character line qualifies
+    for item, line in zip(items, lines, strict=True):
+        assert len(item.answer) == 1 and "\u4e00" <= item.answer <= "\u9fff"
+        assert item.text == line and item.left and item.text_with_blank == item.left + "[MASK]" + item.right
+    assert word_counts(["好好，坏"]) == {"好": 2, "坏": 1}
 
 
 def test_corpus_lines_decode_the_held_out_documents(tmp_path):

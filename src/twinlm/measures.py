@@ -50,6 +50,11 @@ from .scoring import start_id
 BLANK = "[MASK]"
 PARADIGMS = ("masked", "causal")
 _WORD = re.compile(r"([^\W\d_]+)([^\w\s]*)")  # letters, then only punctuation up to the next whitespace
+# Chinese (and Japanese kana) is written without spaces, so each ideograph is a word of its own here, as it is a token
+# of Chinese BERT; every other word runs from whitespace (or an ideograph) to whitespace (or an ideograph).
+_IDEOGRAPHS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
+_CJK_PUNCT = "\u3000-\u303f\uff00-\uffef"  # 。，、「」 and the full-width forms: punctuation between ideographs
+_UNIT = re.compile(f"[{_IDEOGRAPHS}]|[{_CJK_PUNCT}]+|[^\\s{_IDEOGRAPHS}{_CJK_PUNCT}]+")
 
 
 @dataclass
@@ -69,13 +74,27 @@ class ClozeItem:
 # ------------------------------------------------------------------------------------------------ words and items
 
 
+def units(text: str) -> list[tuple[str, int]]:
+    """(unit, start offset) of each word-like unit of ``text``: one ideograph, a run of Chinese punctuation, or a
+    run of anything else up to whitespace, an ideograph or Chinese punctuation ("king," and "，" are units; "很好"
+    is two)."""
+    return [(m.group(), m.start()) for m in _UNIT.finditer(text)]
+
+
+def first_units(text: str, n: int) -> str:
+    """``text`` up to the end of its ``n``-th unit, as written (no spaces added between Chinese characters)."""
+    found = units(text)[:n]
+    return text[:found[-1][1] + len(found[-1][0])] if found else ""
+
+
 def _words(line: str) -> list[tuple[str, int]]:
-    """(word, start offset) of each whitespace word of ``line`` that is letters, maybe followed by punctuation."""
+    """(word, start offset) of each unit of ``line`` that is letters (an ideograph counts), maybe followed by
+    punctuation."""
     out = []
-    for m in re.finditer(r"\S+", line):
-        w = _WORD.fullmatch(m.group())
+    for unit, start in units(line):
+        w = _WORD.fullmatch(unit)
         if w:
-            out.append((w.group(1), m.start()))
+            out.append((w.group(1), start))
     return out
 
 
@@ -90,7 +109,8 @@ def word_counts(lines: Sequence[str]) -> Counter:
 def cloze_items(lines: list[str], n: int, seed: int = 0, min_words: int = 6) -> list[ClozeItem]:
     """Up to ``n`` items from distinct lines: each hides one word of letters that is not the line's first word.
 
-    Lines are stripped; a line needs at least ``min_words`` whitespace words. Lines and words are drawn with
+    Lines are stripped; a line needs at least ``min_words`` units (:func:`units`: whitespace words, and each Chinese
+    character on its own, so Chinese items hide one character). Lines and words are drawn with
     ``random.Random(seed)``; items keep the order of ``lines``. Trailing punctuation stays in ``right``
     ("king," hides "king"); words with anything else in them ("king's", "o'er") are never hidden.
     """
@@ -99,7 +119,7 @@ def cloze_items(lines: list[str], n: int, seed: int = 0, min_words: int = 6) -> 
     eligible = []
     for line in lines:
         text = line.strip()
-        if len(text.split()) < min_words:
+        if len(units(text)) < min_words:
             continue
         spots = [(w, s) for w, s in _words(text) if s > 0]
         if spots:
@@ -330,12 +350,14 @@ def unigram_baseline(train_lines: list[str], items: Sequence[ClozeItem], top: tu
 
 
 def _ngrams(text: str, n: int) -> list[tuple[str, ...]]:
-    words = text.split()
+    words = [u for u, _ in units(text)]
     return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
 
 
 def distinct_n(texts: list[str], n: int) -> float:
-    """Distinct-n (Li et al. 2016): unique whitespace n-grams over all n-grams, pooled over ``texts`` (0 if none)."""
+    """Distinct-n (Li et al. 2016): unique n-grams of :func:`units` over all n-grams, pooled over ``texts`` (0 if none).
+
+    Units are whitespace words, and Chinese characters one by one (the usual character n-grams for Chinese)."""
     if n < 1:
         raise ConfigError(f"n must be at least 1, got {n}")
     grams = [g for t in texts for g in _ngrams(t, n)]

@@ -12,11 +12,15 @@ from ..data.corpus import prepare_corpus
 from ..data.readers import iter_documents
 from ..errors import DataError
 from ..pretrain import PretrainOptions
-from ..tokenizer import load_tokenizer, train_tokenizer
+from ..tokenizer import is_cjk, load_tokenizer, train_tokenizer
 from ..train import TrainConfig
 from .plan import DEFAULT_STEPS, CompareOptions, Variant, variants
 
-_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)]))\s+")
+# A sentence ends after . ! or ? (maybe closed by a quote) and whitespace, or right after Chinese 。！？ or the
+# full-width period ．, a closing quote or bracket included: Chinese puts no space between sentences.
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"'”’)]))\s+"
+                           r"|(?<=[。！？．])(?![”’」』）])\s*|(?<=[。！？．][”’」』）])\s*")
+CHUNK_CHARS = 4000  # a longer document (a novel with no blank lines) is held out in chunks of about this size
 PROBE_STEPS = 8  # steps timed per variant to turn --time-budget into a number of steps
 
 
@@ -26,10 +30,29 @@ def paths(out: str | Path) -> dict[str, Path]:
             "heldout_text": out / "corpus" / "heldout.txt", "scored_text": out / "corpus" / "heldout_scored.txt"}
 
 
+def chunks(doc: str, size: int = CHUNK_CHARS) -> list[str]:
+    """``doc`` cut at line ends into pieces of at least ``size`` characters (the last may be shorter)."""
+    out, piece, n = [], [], 0
+    for line in doc.splitlines():
+        piece.append(line)
+        n += len(line) + 1
+        if n >= size:
+            out.append("\n".join(piece))
+            piece, n = [], 0
+    if piece:
+        out.append("\n".join(piece))
+    return out
+
+
 def split_corpus(opts: CompareOptions) -> tuple[list[str], list[str]]:
-    """(training documents, held-out documents): --heldout's documents, else every Nth document of the corpus."""
+    """(training documents, held-out documents): --heldout's documents, else every Nth document of the corpus.
+
+    Documents are paragraphs (blank-line separated); one longer than CHUNK_CHARS counts as its chunks, so a novel
+    written one paragraph per line with no blank lines (the Chinese classics) still has every Nth piece held out.
+    """
     train, heldout = [], []
-    for i, doc in enumerate(d for f in opts.corpus for d in iter_documents(f)):
+    docs = (c for f in opts.corpus for d in iter_documents(f) for c in chunks(d))
+    for i, doc in enumerate(docs):
         if opts.heldout is None and i % opts.heldout_every == opts.heldout_every - 1:
             heldout.append(doc)
         else:
@@ -44,11 +67,23 @@ def lines_of(text: str) -> list[str]:
     return [s.strip() for s in text.splitlines() if s.strip()]
 
 
+def join_lines(doc: str) -> str:
+    """A document's hard-wrapped lines as one line: a space between words, none between Chinese characters."""
+    out = ""
+    for line in (x.strip() for x in doc.splitlines()):
+        if not line:
+            continue
+        glue = "" if not out or (is_cjk(out[-1]) and is_cjk(line[0])) else " "
+        out += glue + " ".join(line.split())
+    return out
+
+
 def sentences(documents: list[str]) -> list[str]:
-    """One line per sentence: a document's hard-wrapped lines joined, then cut after . ! or ? (and a closing quote)."""
+    """One line per sentence: a document's lines joined, then cut after . ! or ? (and a closing quote) and
+    whitespace, or after Chinese 。！？．."""
     out = []
     for doc in documents:
-        out += [s for s in _SENTENCE_END.split(" ".join(doc.split())) if s.strip()]
+        out += [s.strip() for s in _SENTENCE_END.split(join_lines(doc)) if s.strip()]
     return out
 
 

@@ -78,13 +78,14 @@ def intrinsic(opts: CompareOptions, pre: dict[str, Any], base: dict[str, Any]) -
 
 
 def prompts(opts: CompareOptions) -> list[str]:
-    """The generation prompts: --prompts, else the first five words of evenly spread held-out lines."""
+    """The generation prompts: --prompts, else the first five words (Chinese: characters) of evenly spread held-out
+    lines."""
     if opts.prompts:
         return list(opts.prompts)
     lines = [s for s in lines_of(paths(opts.out)["heldout_text"].read_text())
-             if len(s.split()) >= 8 and not s.startswith("=")]
+             if len(measures.units(s)) >= 8 and not s.startswith("=")]
     step = max(1, len(lines) // max(opts.n_prompts, 1))
-    return [" ".join(s.split()[:5]) for s in lines[::step][:opts.n_prompts]]
+    return [measures.first_units(s, 5) for s in lines[::step][:opts.n_prompts]]
 
 
 def generation(opts: CompareOptions, pre: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +113,7 @@ def generation(opts: CompareOptions, pre: dict[str, Any]) -> dict[str, Any]:
 def attention(opts: CompareOptions, pre: dict[str, Any]) -> dict[str, Any]:
     """Part 'attention:<variant>': attention probabilities of one held-out sentence, per mask the model has."""
     model, tok = load_variant(opts, pre["model"])
-    sentence = next((s for s in lines_of(paths(opts.out)["heldout_text"].read_text()) if len(s.split()) >= 6),
+    sentence = next((s for s in lines_of(paths(opts.out)["heldout_text"].read_text()) if len(measures.units(s)) >= 6),
                     "the first line")
     ids = tok.encode(sentence)[:opts.attention_tokens]
     tokens = [tok.decode([i]) for i in ids]
