@@ -267,3 +267,13 @@ def test_classifier_reading_one_position_equals_the_full_forward(kw):
         want2 = model.classifier(plain[:, -1] if lm.config.attention == "causal" else plain[:, 0])
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     torch.testing.assert_close(got2, want2, rtol=0, atol=1e-5)
+
+
+def test_a_note_about_the_starting_model_is_printed_once_per_process(capsys):
+    from twinlm import finetune
+
+    for _ in range(3):  # `twinlm glue` fine-tunes the same model 21 times; the note is worth reading once
+        finetune._note("m: the checkpoint's own task-head tensors (pooler) are not used")
+    finetune._note("m: another note")
+    assert capsys.readouterr().out.splitlines() == [
+        "note: m: the checkpoint's own task-head tensors (pooler) are not used", "note: m: another note"]

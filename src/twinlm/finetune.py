@@ -351,6 +351,16 @@ def set_dropout(lm: LanguageModel, p: float) -> None:
 
 
 # -- the run --------------------------------------------------------------------------------------------------
+_NOTED: set[str] = set()
+
+
+def _note(text: str) -> None:
+    """Print a note about the starting model once per process: `glue` and `compare` fine-tune it many times."""
+    if text not in _NOTED:
+        _NOTED.add(text)
+        print(f"note: {text}")
+
+
 def finetune_run(init: str | Path, train_file: str | Path, eval_file: str | Path | None, out_dir: str | Path,
                  opts: FinetuneOptions, cfg: TrainConfig, epochs: float = 3.0,
                  resume: str | None = None) -> tuple[TrainResult, dict[str, float]]:
@@ -361,13 +371,13 @@ def finetune_run(init: str | Path, train_file: str | Path, eval_file: str | Path
     check_batching(opts)
     lm, tokenizer, previous, loaded = load_init(init, opts.task)
     for note in loaded.info["notes"]:
-        print(f"note: {init}: {note}")
+        _note(f"{init}: {note}")
     if loaded.info.get("extra_tensors"):
         # A Hugging Face task head (e.g. BERT's pooler + classifier) computes from other features than twinlm's
         # head, so its weights are not copied in: the head starts fresh, as the note says.
         heads = ", ".join(sorted(loaded.info["extra_tensors"]))
-        print(f"note: {init}: the checkpoint's own task-head tensors ({heads}) are not used; twinlm's task head "
-              "starts from random weights")
+        _note(f"{init}: the checkpoint's own task-head tensors ({heads}) are not used; twinlm's task head starts "
+              "from random weights")
     if opts.max_seq_len > lm.config.max_positions:
         raise ConfigError(f"--max-seq-len {opts.max_seq_len} is above the model's max_positions="
                           f"{lm.config.max_positions}")
