@@ -161,7 +161,9 @@ def main() -> None:
                 print(f"skip {key}/{init}: no pretrained model at {runs / init}", file=sys.stderr)
                 continue
             part = parts / f"{key}__{init}{'__' + args.tag if args.tag else ''}.json"
-            if not part.exists() and args.table_only:
+            if args.table_only:  # every recipe of this pair: the plain part and the tagged ones
+                rows += [json.loads(f.read_text()) for f in sorted(parts.glob(f"{key}__{init}*.json"))
+                         if f.stem.split("__")[1] == init]
                 continue
             if not part.exists():
                 print(f"== {key} from {init}", file=sys.stderr)
