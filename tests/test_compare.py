@@ -314,3 +314,20 @@ def test_the_reports_command_line_parses_back_to_the_same_options(tmp_path):
     assert words[:2] == ["twinlm", "compare"]
     back = options_from_args(p.parse_args(words[2:]))
     assert back.to_dict() == opts.to_dict()
+
+
+def test_chinese_tokens_in_attention_maps_are_drawn_or_one_warning_says_what_to_install(tmp_path, monkeypatch):
+    import warnings
+
+    from twinlm import plots
+
+    maps, tokens = np.random.default_rng(0).random((1, 2, 3, 3)), ["电", "影", "棒"]
+    if plots.cjk_fonts():  # a Chinese font is installed: every glyph is found, so matplotlib warns about none
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pictures.plot_attention(maps, tokens, "这部电影", tmp_path / "a.png")
+        assert not [w for w in caught if "missing from font" in str(w.message)]
+    monkeypatch.setattr(plots, "_cjk", [])  # as on a machine without one
+    with pytest.warns(UserWarning, match="fonts-wqy-zenhei") as caught:
+        pictures.plot_attention(maps, tokens, "这部电影", tmp_path / "b.png")
+    assert len([w for w in caught if "Chinese" in str(w.message)]) == 1

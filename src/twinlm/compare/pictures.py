@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ..attention import apply_rotary, build_mask, math_attention, neg_inf  # noqa: E402
 from ..model import device_of  # noqa: E402
 from ..objectives import HybridSchedule  # noqa: E402
-from ..plots import read_metrics  # noqa: E402
+from ..plots import read_metrics, ready_for  # noqa: E402
 
 CELL = 24  # pixels per mask cell
 ALLOWED = (49, 112, 206)  # blue: M_ij = 0, the query sees the key
@@ -118,9 +118,10 @@ def plot_attention(maps: np.ndarray, tokens: list[str], title: str, path: Path) 
     """One small heat map per (layer, head): rows are queries, columns keys."""
     layers, heads = maps.shape[:2]
     size = 1.9
+    labels = [t.replace("\n", "\\n") for t in tokens]
+    ready_for(labels)  # Chinese tokens need a font with Chinese glyphs, set before any text is made
     fig, axes = plt.subplots(layers, heads, figsize=(heads * size + 0.6, layers * size + 0.8), dpi=110,
                              squeeze=False)
-    labels = [t.replace("\n", "\\n") for t in tokens]
     for li in range(layers):
         for hi in range(heads):
             ax = axes[li][hi]
