@@ -21,7 +21,7 @@ ROOT = "__init__"  # how the package's own __init__.py is named below; a sub-pac
 # ("data.tasks"); a sub-package's __init__.py is the package name ("hf"); entries may be fnmatch patterns
 # ("hf.*", "cli*"); an exact name beats a pattern, a longer pattern beats a shorter one.
 LAYERS: list[list[str]] = [
-    [ROOT, "errors", "data"],  # 0: the package markers and the error types
+    [ROOT, "errors", "data", "cjk"],  # 0: the package markers, the error types, the CJK character blocks
     ["config", "tensorfiles", "trainstate"],  # 1: configuration, pickle-free tensor and training-state files
     ["attention"],  # 2
     ["model"],  # 3: the backbone

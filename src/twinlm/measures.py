@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from .cjk import ALL_SUPPLEMENTARY, CJK_PUNCTUATION, FULL_WIDTH, IDEOGRAPHS, KANA
 from .errors import ConfigError
 from .model import device_of
 from .scoring import start_id
@@ -52,8 +53,8 @@ PARADIGMS = ("masked", "causal")
 _WORD = re.compile(r"([^\W\d_]+)([^\w\s]*)")  # letters, then only punctuation up to the next whitespace
 # Chinese (and Japanese kana) is written without spaces, so each ideograph is a word of its own here, as it is a token
 # of Chinese BERT; every other word runs from whitespace (or an ideograph) to whitespace (or an ideograph).
-_IDEOGRAPHS = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f"
-_CJK_PUNCT = "\u3000-\u303f\uff00-\uffef"  # 。，、「」 and the full-width forms: punctuation between ideographs
+_IDEOGRAPHS = KANA + IDEOGRAPHS + ALL_SUPPLEMENTARY
+_CJK_PUNCT = CJK_PUNCTUATION + FULL_WIDTH  # 。，、「」 and the full-width forms: punctuation between ideographs
 _UNIT = re.compile(f"[{_IDEOGRAPHS}]|[{_CJK_PUNCT}]+|[^\\s{_IDEOGRAPHS}{_CJK_PUNCT}]+")
 
 

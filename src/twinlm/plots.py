@@ -14,12 +14,14 @@ matplotlib.use("Agg")  # no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import font_manager  # noqa: E402
 
+from .cjk import CJK_PUNCTUATION, FULL_WIDTH, IDEOGRAPHS, KANA  # noqa: E402
+
 # Fonts with Chinese glyphs, tried after DejaVu Sans (which has none) glyph by glyph (matplotlib >= 3.6 falls back
 # along the family list), so Chinese tokens in attention maps are characters, not empty boxes.
 CJK_FAMILIES = ("Noto Sans CJK SC", "Noto Sans CJK JP", "Source Han Sans SC", "WenQuanYi Zen Hei",
                 "WenQuanYi Micro Hei", "SimHei", "Microsoft YaHei", "PingFang SC", "AR PL UMing CN")
 _CJK_FILE = re.compile(r"wqy|cjk|sourcehan|simhei|msyh|pingfang|uming", re.IGNORECASE)
-_CJK_TEXT = re.compile("[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uff00-\uffef]")
+_CJK_TEXT = re.compile(f"[{CJK_PUNCTUATION}{KANA}{IDEOGRAPHS}{FULL_WIDTH}]")
 _cjk: list[str] | None = None
 
 

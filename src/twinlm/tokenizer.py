@@ -21,6 +21,7 @@ import numpy as np
 import tokenizers
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
+from .cjk import CJK_PUNCTUATION, FULL_WIDTH, IDEOGRAPHS, IDEOGRAPHS_SUPPLEMENTARY, KANA
 from .data.readers import iter_documents
 from .errors import CheckpointError, ConfigError, DataError
 
@@ -37,10 +38,7 @@ CHAR_SPECIAL_ORDER = ("[PAD]", "[UNK]", "[MASK]", EOT)
 
 # Characters written without spaces between them: CJK ideographs (the ranges of BERT's _is_chinese_char), kana,
 # CJK symbols and punctuation (U+3000-303F) and full-width forms (U+FF00-FFEF).
-_CJK_CHARS = (
-    "\u3000-\u303f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
-    "\U00020000-\U0002a6df\U0002a700-\U0002ceaf\U0002f800-\U0002fa1f"
-)
+_CJK_CHARS = CJK_PUNCTUATION + KANA + IDEOGRAPHS + FULL_WIDTH + IDEOGRAPHS_SUPPLEMENTARY
 _CJK_TOKEN = re.compile(f"[{_CJK_CHARS}]+")
 # Punctuation Chinese text shares with Western text (curly quotes, dashes, ellipsis, middle dot): written without a
 # space next to a CJK character, with one elsewhere.

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..cjk import IDEOGRAPHS, IDEOGRAPHS_SUPPLEMENTARY
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -72,8 +73,7 @@ def segment_flags(segment: Segmenter, text: str, offsets: Sequence[tuple[int, in
 
 
 # The CJK ideograph blocks BERT's tokenizer isolates as words of their own (_is_chinese_char in BERT's code).
-_CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002ceaf"
-                  "\U0002f800-\U0002fa1f]")
+_CJK = re.compile(f"[{IDEOGRAPHS}{IDEOGRAPHS_SUPPLEMENTARY}]")
 
 
 def cjk_share(tokenizer: Tokenizer) -> float:

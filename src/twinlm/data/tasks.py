@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from ..cjk import ALL_SUPPLEMENTARY, IDEOGRAPHS
 from ..errors import DataError
 
 IGNORE = -100
@@ -185,7 +186,7 @@ def _nearest(context: str, text: str, start: int) -> int:
 # words, where each character is one word (BERT's Chinese handling; MSRA NER has one character a line).
 _CJK = ("\u2010-\u2027\u2030-\u205e\u3001-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
         "\U00020000-\U0002fa1f")
-_HAN = re.compile("[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\U00020000-\U0002fa1f]")
+_HAN = re.compile(f"[{IDEOGRAPHS}{ALL_SUPPLEMENTARY}]")
 _WORDS = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
 _WORDS_CJK = re.compile(f"[{_CJK}]")
 
