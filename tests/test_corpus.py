@@ -189,6 +189,46 @@ def test_prepare_multiple_formats(tok: Tokenizer, tmp_path: Path) -> None:
     assert TokenShard(tmp_path / "out", "train").tokens.tolist() == _expected(tok, docs, 0)[0]
 
 
+def test_prepare_exclude_drops_eval_texts(tok: Tokenizer, tmp_path: Path) -> None:
+    """--exclude: a document equal to an eval text (whitespace aside) never reaches the shards; it is counted."""
+    docs = _docs(12)
+    src = tmp_path / "train.tsv"
+    src.write_text("sentence\tlabel\n" + "".join(f"{d.replace(chr(10), ' ')}\t1\n" for d in docs))
+    dev = tmp_path / "dev.tsv"
+    # Doc 3 with its spaces doubled and doc 7 as written; a text absent from the corpus changes nothing.
+    reflowed = docs[3].replace("\n", " ").replace(" ", "  ")
+    dev.write_text(f"sentence\tlabel\n{reflowed}\t0\n{docs[7].replace(chr(10), ' ')}\t1\nnot in the corpus\t0\n")
+    meta = prepare_corpus([src], tok, tmp_path / "out", val_fraction=0.0, workers=1, progress=False,
+                          text_field="sentence", exclude=[dev])
+    kept = [d.replace("\n", " ") for i, d in enumerate(docs) if i not in (3, 7)]
+    assert meta.n_excluded == 2 and meta.n_docs == 10 and meta.excluded_from == [str(dev.resolve())]
+    assert TokenShard(tmp_path / "out", "train").tokens.tolist() == _expected(tok, kept, 0)[0]
+    assert load_meta(tmp_path / "out").n_excluded == 2
+
+
+def test_exclude_bad_files(tok: Tokenizer, tmp_path: Path) -> None:
+    src = _write_txt(tmp_path / "c.txt", _docs(4))
+    with pytest.raises(DataError, match=r"dev\.tsv: no such file \(given to --exclude\)"):
+        prepare_corpus([src], tok, tmp_path / "out", workers=1, progress=False, exclude=[tmp_path / "dev.tsv"])
+    wrong = tmp_path / "wrong.tsv"
+    wrong.write_text("sentence\tlabel\nsome text\t1\n")  # read with text_field "text": no such column
+    with pytest.raises(DataError, match=r"wrong\.tsv"):
+        prepare_corpus([src], tok, tmp_path / "out", workers=1, progress=False, exclude=[wrong])
+    assert not (tmp_path / "out").exists()
+
+
+def test_tokenizer_train_exclude(tmp_path: Path) -> None:
+    """A word seen only in an excluded text does not enter the vocabulary."""
+    src = tmp_path / "c.txt"
+    src.write_text("\n\n".join(["alpha beta gamma"] * 5 + ["zzqx zzqx zzqx zzqx"]) + "\n")
+    dev = tmp_path / "dev.txt"
+    dev.write_text("zzqx zzqx  zzqx zzqx\n")
+    seen = train_tokenizer([src], "wordpiece", vocab_size=200, min_frequency=1)
+    kept_out = train_tokenizer([src], "wordpiece", vocab_size=200, min_frequency=1, exclude=[dev])
+    assert seen.token_to_id("zzqx") is not None and kept_out.token_to_id("zzqx") is None
+    assert kept_out.token_to_id("alpha") is not None
+
+
 def test_token_dtype() -> None:
     assert token_dtype(65535) == "uint16" and token_dtype(65536) == "uint32"
 

@@ -49,6 +49,10 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to metrics.jsonl)")
 
 
+_EXCLUDE_HELP = ("files of texts to keep out, such as dev/test splits (read with --text-field): a document equal "
+                 "to one of them (whitespace collapsed) is dropped and counted")
+
+
 def _tokenizer_arguments(p: argparse.ArgumentParser) -> None:
     actions = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
     tt = actions.add_parser("train", help="train WordPiece, byte-level BPE or char tokenizer on text files",
@@ -61,6 +65,8 @@ def _tokenizer_arguments(p: argparse.ArgumentParser) -> None:
     tt.add_argument("--text-field", default="text",
                     help="field or column holding the text in .jsonl/.parquet/.tsv/.csv")
     tt.add_argument("--out", required=True, help="folder for tokenizer.json")
+    tt.add_argument("--exclude", nargs="+", default=[], metavar="FILE",
+                    help=_EXCLUDE_HELP)
 
 
 def _prepare_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,6 +80,8 @@ def _prepare_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segmenter", default=None, choices=["jieba"],
                    help="also store word-start flags from this word segmenter, for Chinese whole-word masking "
                         "(pretrain --whole-word); needs pip install 'twinlm[zh]'")
+    p.add_argument("--exclude", nargs="+", default=[], metavar="FILE",
+                   help=_EXCLUDE_HELP)
 
 
 def _pretrain_arguments(p: argparse.ArgumentParser) -> None:
@@ -160,7 +168,7 @@ def cmd_tokenizer(args: argparse.Namespace) -> None:
     if args.tokenizer_command != "train":
         raise TwinLMError("tokenizer: say what to do, e.g. `twinlm tokenizer train --help`")
     tok = train_tokenizer(args.files, kind=args.kind, vocab_size=args.vocab_size,
-                          min_frequency=args.min_frequency, text_field=args.text_field)
+                          min_frequency=args.min_frequency, text_field=args.text_field, exclude=args.exclude)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(out)
@@ -175,7 +183,9 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     tok = load_tokenizer(args.tokenizer)
     meta = prepare_corpus(args.files, tok, args.out, val_fraction=args.val_fraction, workers=args.workers,
                           text_field=args.text_field, on_error="skip" if args.skip_bad_lines else "raise",
-                          segmenter=args.segmenter)
+                          segmenter=args.segmenter, exclude=args.exclude)
+    if args.exclude:
+        print(f"{meta.n_excluded:,} documents left out: their text is in {', '.join(args.exclude)}")
     print(f"{meta.n_docs} documents -> {meta.n_train:,} train + {meta.n_val:,} validation tokens ({meta.dtype}) "
           f"in {args.out}")
     if meta.n_unk:

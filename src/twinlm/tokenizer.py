@@ -22,6 +22,7 @@ import tokenizers
 from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from .cjk import CJK_PUNCTUATION, FULL_WIDTH, IDEOGRAPHS, IDEOGRAPHS_SUPPLEMENTARY, KANA
+from .data.exclude import load_excluded, without_excluded
 from .data.readers import iter_documents
 from .errors import CheckpointError, ConfigError, DataError
 
@@ -334,10 +335,12 @@ def train_tokenizer(
     min_frequency: int = 2,
     lowercase: bool | None = None,
     text_field: str = "text",
+    exclude: Sequence[str | Path] = (),
 ) -> Tokenizer:
     """Train a wordpiece, bpe or char tokenizer on the documents of ``files`` (vocab_size is ignored for char).
 
-    lowercase defaults to True for wordpiece (BERT-uncased) and False for bpe and char.
+    lowercase defaults to True for wordpiece (BERT-uncased) and False for bpe and char. Documents equal to a text
+    of the ``exclude`` files (dev/test splits) are left out, as by prepare_corpus.
     """
     if kind not in KINDS:
         raise ConfigError(f"tokenizer kind {kind!r} is unknown; choose one of {', '.join(KINDS)}")
@@ -352,7 +355,8 @@ def train_tokenizer(
         lowercase = kind == "wordpiece"
     where = ", ".join(str(f) for f in files)
     counter = [0]
-    docs = _counting(_all_documents(files, text_field), counter)
+    excluded = load_excluded(exclude, text_field) if exclude else frozenset()
+    docs = _counting(without_excluded(_all_documents(files, text_field), excluded, [0]), counter)
 
     if kind == "wordpiece":
         hf = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))

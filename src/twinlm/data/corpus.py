@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, BinaryIO
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from .exclude import load_excluded, without_excluded
 from .readers import iter_documents
 from .segment import Segmenter, load_segmenter, segment_flags
 
@@ -50,6 +51,8 @@ class CorpusMeta:
     sources: list[str] = field(default_factory=list)
     segmenter: str | None = None  # set when {split}.word_starts.bin exist; None in folders prepared without one
     n_unk: int | None = None  # tokens that became the unknown token; None when not counted (older folders)
+    excluded_from: list[str] = field(default_factory=list)  # --exclude files (texts kept out of the corpus)
+    n_excluded: int = 0  # documents dropped because their text is in one of those files
 
     def save(self, folder: str | Path) -> Path:
         """Write meta.json into ``folder`` and return its path."""
@@ -204,13 +207,19 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
 
 
 def _chunks(
-    files: Sequence[Path], text_field: str, on_error: str, size: int, counts: dict[str, int]
+    files: Sequence[Path], text_field: str, on_error: str, size: int, counts: dict[str, int],
+    excluded: frozenset[str] = frozenset(), dropped: list[int] | None = None,
 ) -> Iterator[list[str]]:
-    """Documents of every file in lists of ``size``; counts[file] records how many each file gave."""
+    """Documents of every file in lists of ``size``; counts[file] records how many each file gave.
+
+    Documents whose text is in ``excluded`` are left out and counted in dropped[0].
+    """
+    dropped = [0] if dropped is None else dropped
     chunk: list[str] = []
     for file in files:
         counts[str(file)] = 0
-        for doc in iter_documents(file, text_field=text_field, on_error=on_error):
+        docs = iter_documents(file, text_field=text_field, on_error=on_error)
+        for doc in without_excluded(docs, excluded, dropped):
             counts[str(file)] += 1
             chunk.append(doc)
             if len(chunk) == size:
@@ -245,6 +254,7 @@ def prepare_corpus(
     chunk_docs: int = 256,
     progress: bool = True,
     segmenter: str | None = None,
+    exclude: Sequence[str | Path] = (),
 ) -> CorpusMeta:
     """Tokenize ``files`` into out_dir/{train,val}.bin (+ meta.json, tokenizer), streaming, and return the meta.
 
@@ -254,6 +264,8 @@ def prepare_corpus(
     workers=0 uses every CPU; workers<=1 tokenizes in this process. Output is identical for any worker count.
     ``segmenter`` ("jieba") also writes out_dir/{train,val}.word_starts.bin, a word-start flag per token.
     meta.n_unk counts the tokens that became the unknown token (0 for a tokenizer without one).
+    ``exclude``: files of texts (dev and test splits) to keep out: a document equal to one of them (whitespace
+    collapsed) is dropped, and meta.n_excluded counts them (see data/exclude.py).
     """
     from tqdm.auto import tqdm
 
@@ -270,6 +282,7 @@ def prepare_corpus(
         if not p.exists():
             raise DataError(f"{p}: no such file")
     segment = load_segmenter(segmenter) if segmenter else None  # a missing segmenter fails before any work
+    excluded = load_excluded(exclude, text_field) if exclude else frozenset()
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     workers = (os.cpu_count() or 1) if workers == 0 else workers
@@ -289,7 +302,8 @@ def prepare_corpus(
     pool = None
     try:
         counts: dict[str, int] = {}
-        chunks = _chunks(paths, text_field, on_error, chunk_docs, counts)
+        dropped = [0]
+        chunks = _chunks(paths, text_field, on_error, chunk_docs, counts, excluded, dropped)
         if workers > 1:
             ctx = multiprocessing.get_context(_start_method())
             pool = ctx.Pool(workers, initializer=_worker_init, initargs=(tokenizer.hf.to_str(), segmenter))
@@ -357,6 +371,8 @@ def prepare_corpus(
             sources=[str(p.resolve()) for p in paths],
             segmenter=segmenter,
             n_unk=n_unk,
+            excluded_from=[str(Path(p).resolve()) for p in exclude],
+            n_excluded=dropped[0],
         )
         tokenizer.save(tmp)
         meta.save(tmp)  # written last inside tmp: its presence marks a complete corpus
