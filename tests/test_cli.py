@@ -178,6 +178,19 @@ def test_jsonl_line_without_text_field(capsys, tmp_path, data):
                    "docs.jsonl:2", "--text-field")
 
 
+def test_prepare_exclude_reports_where(capsys, tmp_path, data):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("first review here\n\nthe dev review\n\nthird one\n")
+    dev = tmp_path / "dev.txt"
+    dev.write_text("the  dev review\n")
+    assert main(["prepare", str(corpus), "--tokenizer", str(data), "--out", str(tmp_path / "d"), "--val-fraction",
+                 "0", "--exclude", str(dev), "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"1 document left out: their text is in {dev}" in out and "2 documents" in out
+    one_line_error(capsys, ["prepare", str(corpus), "--tokenizer", str(data), "--out", str(tmp_path / "e"),
+                            "--exclude", str(tmp_path / "gone.tsv")], "gone.tsv", "--exclude")
+
+
 def test_data_folder_that_is_not_prepared(capsys, tmp_path):
     one_line_error(capsys, ["pretrain", "--objective", "mlm", "--data", str(tmp_path), "--out", str(tmp_path / "o")],
                    "twinlm prepare")

@@ -185,7 +185,8 @@ def cmd_prepare(args: argparse.Namespace) -> None:
                           text_field=args.text_field, on_error="skip" if args.skip_bad_lines else "raise",
                           segmenter=args.segmenter, exclude=args.exclude)
     if args.exclude:
-        print(f"{meta.n_excluded:,} documents left out: their text is in {', '.join(args.exclude)}")
+        docs = "document" if meta.n_excluded == 1 else "documents"
+        print(f"{meta.n_excluded:,} {docs} left out: their text is in {', '.join(args.exclude)}")
     print(f"{meta.n_docs} documents -> {meta.n_train:,} train + {meta.n_val:,} validation tokens ({meta.dtype}) "
           f"in {args.out}")
     if meta.n_unk:
