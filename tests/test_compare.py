@@ -27,6 +27,23 @@ from twinlm.errors import ConfigError
 from twinlm.loading import load
 from twinlm.scoring import perplexity, pseudo_perplexity
 
+
+def test_a_tasks_dev_texts_are_left_out_of_pretraining(tmp_path):
+    """A corpus document equal to a classification dev text (whitespace aside) never reaches the shards."""
+    dev = tmp_path / "dev.tsv"
+    dev.write_text("sentence\tlabel\nthe  dev review, word for word\t1\nnot in the corpus\t0\n")
+    corpus = tmp_path / "corpus.txt"
+    docs = [f"document number {i} about something" for i in range(40)]
+    docs[5] = "the dev review,\nword for word"
+    corpus.write_text("\n\n".join(docs) + "\n")
+    opts = CompareOptions(corpus=[str(corpus)], out=str(tmp_path / "o"), vocab_size=300, progress=False,
+                          tasks=[f"classify={dev}:{dev}"])
+    info = compare_data.prepare(opts)
+    trained = (tmp_path / "o" / "corpus" / "train.txt").read_text()
+    assert info["excluded_task_texts"] == 1 and "dev review" not in trained and "document number 6 " in trained
+    assert info["train_documents"] == 40 - 2 - 1  # every 20th held out, the dev text dropped
+
+
 WORDS = "the king lord good night sweet love day hath come".split()
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from ..data.corpus import prepare_corpus
+from ..data.exclude import text_key
 from ..data.readers import iter_documents
+from ..data.tasks import read_classification
 from ..errors import DataError
 from ..pretrain import PretrainOptions
 from ..tokenizer import is_cjk, load_tokenizer, train_tokenizer
@@ -87,10 +89,25 @@ def sentences(documents: list[str]) -> list[str]:
     return out
 
 
+def task_dev_texts(opts: CompareOptions) -> frozenset[str]:
+    """The texts of every classification task's dev split (as data.exclude keys).
+
+    The pretraining corpus must not contain them: public review sets share rows (most of ChnSentiCorp's dev reviews
+    are rows of the online-shopping train split), and a model that has read the dev texts is scored unfairly.
+    """
+    return frozenset(text_key(e.text) for t in opts.tasks if t.task == "classify" for e in read_classification(t.dev))
+
+
 def prepare(opts: CompareOptions) -> dict[str, Any]:
-    """Part 'data': split off the held-out text, train (or load) the tokenizer, prepare the shards."""
+    """Part 'data': split off the held-out text, train (or load) the tokenizer, prepare the shards.
+
+    Training documents equal to a classification task's dev text are dropped (and counted).
+    """
     p = paths(opts.out)
     train_docs, heldout_docs = split_corpus(opts)
+    dev_texts = task_dev_texts(opts)
+    kept = [d for d in train_docs if text_key(d) not in dev_texts]
+    excluded, train_docs = len(train_docs) - len(kept), kept
     if not heldout_docs:
         raise DataError("no held-out text: the corpus has fewer documents than heldout_every; pass --heldout FILE")
     p["train_text"].parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +134,7 @@ def prepare(opts: CompareOptions) -> dict[str, Any]:
             "heldout_text": "corpus/heldout.txt", "scored_text": "corpus/heldout_scored.txt",
             "vocab_size": tok.vocab_size, "train_documents": len(train_docs), "heldout_documents": len(heldout_docs),
             "heldout_lines": len(heldout_lines), "scored_chars": len(p["scored_text"].read_text()),
+            "excluded_task_texts": excluded,
             "train_tokens": meta.n_train, "val_tokens": meta.n_val}
 
 

@@ -183,7 +183,9 @@ def build(res: Results) -> Doc:
                f"the same {b.get('tokens', 0):,} tokens ({b.get('steps', 'n/a')} steps of {o.batch_size} x "
                f"{o.seq_len}; {b.get('how', 'n/a')}). Wall time is reported, not equalised. Held-out text: "
                f"{res.data.get('heldout_lines', 'n/a')} sentences ({res.data.get('heldout_documents', 'n/a')} "
-               "documents) never trained on.")
+               "documents) never trained on."
+               + (f" {res.data['excluded_task_texts']:,} corpus documents equal to a fine-tuning task's dev text were "
+                  "left out of pretraining." if res.data.get("excluded_task_texts") else ""))
     if res.missing:
         d.add("p", f"**Partial report**: {len(res.missing)} parts have not run yet ({', '.join(res.missing[:6])}"
                    f"{', ...' if len(res.missing) > 6 else ''}); rerun or `--resume` to finish them.")
