@@ -25,7 +25,7 @@ LAYERS: list[list[str]] = [
     ["config", "tensorfiles", "trainstate"],  # 1: configuration, pickle-free tensor and training-state files
     ["attention"],  # 2
     ["model"],  # 3: the backbone
-    ["objectives", "heads", "data.readers", "evaluate", "plots"],  # 4: what sits on the backbone, plain helpers
+    ["objectives", "heads", "data.readers", "data.exclude", "evaluate", "plots"],  # 4: on the backbone; plain helpers
     ["tokenizer", "textstream", "data.corpus", "data.segment", "data.blocks", "data.tasks"],  # 5: text -> ids
     ["checkpoint", "runfolder", "hf", "hf.*"],  # 6: model folders on disk: twinlm and Hugging Face formats
     ["loading"],  # 7: the one door in for a model
