@@ -355,7 +355,7 @@ def train_tokenizer(
         lowercase = kind == "wordpiece"
     where = ", ".join(str(f) for f in files)
     counter = [0]
-    excluded = load_excluded(exclude, text_field) if exclude else frozenset()
+    excluded = load_excluded(exclude, text_field)
     docs = _counting(without_excluded(_all_documents(files, text_field), excluded, [0]), counter)
 
     if kind == "wordpiece":

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.corpus import prepare_corpus
-from ..data.exclude import text_key
+from ..data.exclude import text_key, without_excluded
 from ..data.readers import iter_documents
 from ..data.tasks import read_classification
 from ..errors import DataError
@@ -105,9 +105,8 @@ def prepare(opts: CompareOptions) -> dict[str, Any]:
     """
     p = paths(opts.out)
     train_docs, heldout_docs = split_corpus(opts)
-    dev_texts = task_dev_texts(opts)
-    kept = [d for d in train_docs if text_key(d) not in dev_texts]
-    excluded, train_docs = len(train_docs) - len(kept), kept
+    excluded = [0]
+    train_docs = list(without_excluded(train_docs, task_dev_texts(opts), excluded))
     if not heldout_docs:
         raise DataError("no held-out text: the corpus has fewer documents than heldout_every; pass --heldout FILE")
     p["train_text"].parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +133,7 @@ def prepare(opts: CompareOptions) -> dict[str, Any]:
             "heldout_text": "corpus/heldout.txt", "scored_text": "corpus/heldout_scored.txt",
             "vocab_size": tok.vocab_size, "train_documents": len(train_docs), "heldout_documents": len(heldout_docs),
             "heldout_lines": len(heldout_lines), "scored_chars": len(p["scored_text"].read_text()),
-            "excluded_task_texts": excluded,
+            "excluded_task_texts": excluded[0],
             "train_tokens": meta.n_train, "val_tokens": meta.n_val}
 
 

@@ -208,13 +208,12 @@ def _move_into_place(tmp: Path, out_dir: Path) -> None:
 
 def _chunks(
     files: Sequence[Path], text_field: str, on_error: str, size: int, counts: dict[str, int],
-    excluded: frozenset[str] = frozenset(), dropped: list[int] | None = None,
+    excluded: frozenset[str], dropped: list[int],
 ) -> Iterator[list[str]]:
     """Documents of every file in lists of ``size``; counts[file] records how many each file gave.
 
     Documents whose text is in ``excluded`` are left out and counted in dropped[0].
     """
-    dropped = [0] if dropped is None else dropped
     chunk: list[str] = []
     for file in files:
         counts[str(file)] = 0
@@ -282,7 +281,7 @@ def prepare_corpus(
         if not p.exists():
             raise DataError(f"{p}: no such file")
     segment = load_segmenter(segmenter) if segmenter else None  # a missing segmenter fails before any work
-    excluded = load_excluded(exclude, text_field) if exclude else frozenset()
+    excluded = load_excluded(exclude, text_field)
     out_dir = Path(out_dir)
     _check_out_dir(out_dir)
     workers = (os.cpu_count() or 1) if workers == 0 else workers
