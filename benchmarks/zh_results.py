@@ -90,15 +90,17 @@ def random_init(runs: Path, folder: Path, seed: int) -> Path:
                            tokenizer=loaded.tokenizer)
 
 
-def run_part(runs: Path, work: Path, key: str, spec: Task, init: str, lr: float, seed: int) -> dict:
-    out = work / "finetune" / key / init
+def run_part(runs: Path, work: Path, key: str, spec: Task, init: str, lr: float, seed: int, tag: str = "",
+             truncation: str = "head") -> dict:
+    out = work / "finetune" / key / (f"{init}-{tag}" if tag else init)  # a second recipe must not resume the first
     if init == "random":
         source = random_init(runs, work / "init" / f"{key}-random", seed)
     else:
         source = runs / init
     extra = dict(spec.extra)
     opts = FinetuneOptions(task=spec.task, max_seq_len=spec.max_seq_len, max_train_rows=spec.max_train_rows,
-                           label_column=extra.pop("label_column", "label"), **extra)
+                           label_column=extra.pop("label_column", "label"),
+                           truncation=truncation if spec.task == "classify" else "head", **extra)
     cfg = TrainConfig(batch_size=32, lr=lr, warmup_steps=30, eval_every=None, save_every=None, keep_last=1,
                       log_every=20, seed=seed, progress=sys.stderr.isatty())
     start = time.perf_counter()
@@ -110,9 +112,10 @@ def run_part(runs: Path, work: Path, key: str, spec: Task, init: str, lr: float,
            "final": {k: v for k, v in result.metrics.items() if isinstance(v, float)},
            "score": best.get(metric, result.metrics.get(metric)), "epochs": spec.epochs, "lr": lr, "seed": seed,
            "train_rows": spec.max_train_rows or "all", "max_seq_len": spec.max_seq_len, "steps": result.step,
+           "tag": tag, "truncation": opts.truncation,
            "wall_s": round(time.perf_counter() - start, 1)}
     for folder in [*out.glob("checkpoint-*"), out / "best"]:
-        if init != "mlm" or key not in ("chnsenticorp", "cmrc", "msra"):  # keep the models the README demos use
+        if init != "mlm" or tag or key not in ("chnsenticorp", "cmrc", "msra"):  # keep the models the README demos use
             shutil.rmtree(folder, ignore_errors=True)
     shutil.rmtree(work / "init", ignore_errors=True)
     return row
@@ -126,7 +129,8 @@ def table(rows: list[dict]) -> str:
             extra = f" (EM {r['best'].get('cmrc_exact_match', float('nan')):.1f})"
         score = r["score"] if r["score"] is not None else float("nan")
         shown = f"{score:.1f}" if r["task"] == "cmrc" else f"{score:.3f}"
-        lines.append(f"| {r['name']} | {r['init']} | {r['metric']} | {shown}{extra} | {r['epochs']} | "
+        init = f"{r['init']} ({r['tag']})" if r.get("tag") else r["init"]
+        lines.append(f"| {r['name']} | {init} | {r['metric']} | {shown}{extra} | {r['epochs']} | "
                      f"{r['train_rows']} | {r['wall_s'] / 60:.1f} min |")
     return "\n".join(lines)
 
@@ -142,6 +146,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, help="fine-tuning epochs for every task run now (default: each task's own)")
     ap.add_argument("--max-train-rows", type=int, help="training rows for every task run now (default: per task)")
     ap.add_argument("--tag", default="", help="suffix of the part names, so a second recipe keeps the first one's rows")
+    ap.add_argument("--truncation", default="head", choices=["head", "head-tail"],
+                    help="classification tasks: what an over-long text keeps (twinlm finetune --truncation)")
     ap.add_argument("--table-only", action="store_true", help="write the table from the finished parts; train nothing")
     args = ap.parse_args()
     runs = Path(args.runs)
@@ -167,7 +173,7 @@ def main() -> None:
                 continue
             if not part.exists():
                 print(f"== {key} from {init}", file=sys.stderr)
-                row = run_part(runs, work, key, specs[key], init, args.lr, args.seed)
+                row = run_part(runs, work, key, specs[key], init, args.lr, args.seed, args.tag, args.truncation)
                 part.write_text(json.dumps(row, indent=1, ensure_ascii=False))
             rows.append(json.loads(part.read_text()))
     out = Path(args.out)

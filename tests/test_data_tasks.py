@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from twinlm.data import tasks as T
-from twinlm.errors import DataError
+from twinlm.errors import ConfigError, DataError
 from twinlm.tokenizer import train_tokenizer
 
 WORDS = ("alice visited paris in may and bob lives in london the city is big small old new where did go who "
@@ -110,6 +110,21 @@ def test_encode_pair_frames_and_truncates_longest_first(tok):
     assert ids == [tok.cls_id, *tok.encode(long_a)[:3], tok.sep_id, *tok.encode(long_b), tok.sep_id]
     ids, types = T.encode_pair(tok, long_a, None, 5)
     assert ids == [tok.cls_id, *tok.encode(long_a)[:3], tok.sep_id] and types == [0] * 5
+
+
+def test_head_tail_keeps_the_first_quarter_and_the_last_three_quarters(tok):
+    ids = list(range(100))
+    assert T.cut_tokens(ids, 40, "head") == ids[:40]
+    assert T.cut_tokens(ids, 40, "head-tail") == ids[:10] + ids[70:]
+    assert T.cut_tokens(ids, 100, "head-tail") == ids and T.cut_tokens(ids, 0, "head-tail") == []
+    text = " ".join(WORDS)  # 30 words, each one token
+    a = tok.encode(text)
+    ids, types = T.encode_pair(tok, text, None, 14, "head-tail")  # room for 12: 3 from the start, 9 from the end
+    assert ids == [tok.cls_id, *a[:3], *a[-9:], tok.sep_id] and types == [0] * 14
+    ids, _ = T.encode_pair(tok, text, "bob lives in london", 15, "head-tail")  # 30 + 4 into 12: the text keeps 8
+    assert ids == [tok.cls_id, *a[:2], *a[-6:], tok.sep_id, *tok.encode("bob lives in london"), tok.sep_id]
+    with pytest.raises(ConfigError, match="--truncation 'middle' is unknown"):
+        T.cut_tokens(ids, 3, "middle")
 
 
 def test_featurize_classification_labels(tok):

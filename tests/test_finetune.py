@@ -88,6 +88,31 @@ def test_classification_clearly_beats_chance_and_keeps_the_best(sst_run, sentime
     assert written["accuracy"] == pytest.approx(best["accuracy"])  # the best/ checkpoint is what evaluate loads
 
 
+def test_head_tail_truncation_reads_the_end_of_long_texts_and_the_model_remembers_it(tmp_path, base):
+    # The label word comes last, after more filler than --max-seq-len holds: cut at the head it is never seen.
+    rng = random.Random(1)
+    for name, n in (("train", 320), ("dev", 120)):
+        rows = ["sentence\tlabel"]
+        for _ in range(n):
+            label = rng.randint(0, 1)
+            filler = " ".join(rng.choice(FILL) for _ in range(30))
+            rows.append(f"{filler} {rng.choice(POS if label else NEG)}\t{label}")
+        (tmp_path / f"{name}.tsv").write_text("\n".join(rows) + "\n")
+    scores = {}
+    for how in ("head", "head-tail"):
+        _, best = finetune_run(base, tmp_path / "train.tsv", tmp_path / "dev.tsv", tmp_path / how,
+                               FinetuneOptions("classify", max_seq_len=16, truncation=how), _cfg(), epochs=4)
+        scores[how] = best["accuracy"]
+    assert scores["head"] < 0.7 and scores["head-tail"] > 0.9, scores
+    model, tok = load_task_model(tmp_path / "head-tail", "classify")
+    assert model.lm.config.extra["task"]["truncation"] == "head-tail"
+    long = " ".join(["the film was a story of the cast"] * 5)
+    assert [p["label"] for p in classify(model, tok, [f"{long} superb", f"{long} awful"])] == ["1", "0"]
+    with pytest.raises(ConfigError, match="--truncation head-tail applies to --task classify only, not ner"):
+        finetune_run(base, tmp_path / "train.tsv", None, tmp_path / "ner",
+                     FinetuneOptions("ner", truncation="head-tail"), _cfg(), epochs=1)
+
+
 def test_causal_backbone_fine_tunes_too(tmp_path, base, sentiment):
     from twinlm.pipelines import load_pretrained
 

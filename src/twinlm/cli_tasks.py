@@ -39,6 +39,10 @@ def _finetune_arguments(ft: argparse.ArgumentParser) -> None:
     ft.add_argument("--max-train-rows", type=int, default=None)
     ft.add_argument("--max-eval-rows", type=int, default=None)
     ft.add_argument("--dropout", type=float, default=0.1, help="backbone dropout while fine-tuning")
+    ft.add_argument("--truncation", default="head", choices=["head", "head-tail"],
+                    help="classify: what a text longer than --max-seq-len keeps: its first tokens (head), or its first "
+                         "quarter and last three quarters (head-tail, which helps on long reviews); the fine-tuned "
+                         "model remembers the choice")
     _data_flags(ft)
     _metric_flag(ft)
     add_train_flags(ft)
@@ -74,7 +78,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
                            max_answer_len=args.max_answer_len, problem=args.problem, text_column=args.text_column,
                            pair_column=args.pair_column, label_column=args.label_column,
                            max_train_rows=args.max_train_rows, max_eval_rows=args.max_eval_rows, dropout=args.dropout,
-                           metric=args.metric)
+                           metric=args.metric, truncation=args.truncation)
     cfg = train_config(args)
     cfg.patience = args.patience
     result, best = finetune_run(args.init, args.train, args.eval, args.out, opts, cfg, args.epochs, args.resume)

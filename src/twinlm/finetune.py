@@ -34,7 +34,12 @@ CMRC_HAN_SHARE = 0.3  # auto: contexts with more than this share of Han characte
 
 
 def check_metric(opts: FinetuneOptions) -> None:
-    """A --metric other than auto is a QA choice: anything else, or another task, is a ConfigError."""
+    """A --metric other than auto is a QA choice, and --truncation other than head a classification one: anything
+    else, or another task, is a ConfigError."""
+    if opts.truncation not in T.TRUNCATION:
+        raise ConfigError(f"--truncation {opts.truncation!r} is unknown; choose one of {', '.join(T.TRUNCATION)}")
+    if opts.truncation != "head" and opts.task != "classify":
+        raise ConfigError(f"--truncation {opts.truncation} applies to --task classify only, not {opts.task}")
     if opts.metric not in QA_METRICS:
         raise ConfigError(f"--metric {opts.metric!r} is unknown; choose one of {', '.join(QA_METRICS)}")
     if opts.metric != "auto" and opts.task != "qa":
@@ -68,6 +73,7 @@ class FinetuneOptions:
     dropout: float | None = 0.1  # backbone dropout while fine-tuning (BERT's 0.1); None keeps the checkpoint's
     metric: str = "auto"  # qa: squad | cmrc | auto (CMRC 2018's for Chinese contexts, SQuAD's otherwise)
     batching: str = "length"  # training batches: length (grouped, little padding) | random | pack (see train_batches)
+    truncation: str = "head"  # classify: which tokens an over-long text keeps: head | head-tail (see T.cut_tokens)
 
 
 @dataclass
@@ -93,7 +99,8 @@ def build_data(path: str | Path, tokenizer: Tokenizer, opts: FinetuneOptions, la
         examples = T.read_classification(path, opts.text_column, opts.label_column, opts.pair_column, opts.problem,
                                          max_rows)
         labels = labels or T.label_list(examples, opts.problem)
-        feats = T.featurize_classification(examples, tokenizer, labels, opts.problem, opts.max_seq_len, str(path))
+        feats = T.featurize_classification(examples, tokenizer, labels, opts.problem, opts.max_seq_len, str(path),
+                                           opts.truncation)
     elif opts.task == "qa":
         examples = T.read_squad(path)[:max_rows] if max_rows else T.read_squad(path)
         labels = labels or ["start", "end"]
@@ -392,7 +399,7 @@ def finetune_run(init: str | Path, train_file: str | Path, eval_file: str | Path
         model.load_state_dict(previous["state"])
     model.lm.config = lm.config.replace(extra={**lm.config.extra, "task": {
         "task": opts.task, "labels": labels, "problem": opts.problem, "max_seq_len": opts.max_seq_len,
-        "doc_stride": opts.doc_stride, "max_answer_len": opts.max_answer_len}})
+        "doc_stride": opts.doc_stride, "max_answer_len": opts.max_answer_len, "truncation": opts.truncation}})
     model.lm.backbone.config = model.lm.config
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps_per_epoch = max(1, math.ceil(len(train.features) / (cfg.batch_size * cfg.grad_accum * world)))
@@ -422,7 +429,7 @@ def _opts_for(model: TaskModel) -> FinetuneOptions:
     info = task_info(model)
     return FinetuneOptions(task=info["task"], max_seq_len=info.get("max_seq_len", 128),
                            doc_stride=info.get("doc_stride", 128), max_answer_len=info.get("max_answer_len", 30),
-                           problem=info.get("problem", "single_label"))
+                           problem=info.get("problem", "single_label"), truncation=info.get("truncation", "head"))
 
 
 def classify(model: TaskModel, tokenizer: Tokenizer, texts: list[str], pairs: list[str] | None = None,
@@ -435,7 +442,7 @@ def classify(model: TaskModel, tokenizer: Tokenizer, texts: list[str], pairs: li
     for i, text in enumerate(texts):
         if not text or not text.strip():
             raise DataError(f"text {i} is empty")
-        ids, types = T.encode_pair(tokenizer, text, pairs[i] if pairs else None, opts.max_seq_len)
+        ids, types = T.encode_pair(tokenizer, text, pairs[i] if pairs else None, opts.max_seq_len, opts.truncation)
         feats.append({"input_ids": ids, "token_type_ids": types})
     out = []
     for logits in predict_logits(model, feats, tokenizer.pad_id, batch_size):
