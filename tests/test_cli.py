@@ -187,6 +187,9 @@ def test_prepare_exclude_reports_where(capsys, tmp_path, data):
                  "0", "--exclude", str(dev), "--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert f"1 document left out: their text is in {dev}" in out and "2 documents" in out
+    assert main(["tokenizer", "train", str(corpus), "--kind", "char", "--out", str(tmp_path / "t"),
+                 "--exclude", str(dev)]) == 0
+    assert f"1 document left out: their text is in {dev}" in capsys.readouterr().out
     one_line_error(capsys, ["prepare", str(corpus), "--tokenizer", str(data), "--out", str(tmp_path / "e"),
                             "--exclude", str(tmp_path / "gone.tsv")], "gone.tsv", "--exclude")
 

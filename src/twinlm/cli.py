@@ -161,18 +161,26 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def _left_out(n: int, files: list[str]) -> str:
+    """The line --exclude prints: how many corpus documents were dropped and why."""
+    return f"{n:,} {'document' if n == 1 else 'documents'} left out: their text is in {', '.join(files)}"
+
+
 def cmd_tokenizer(args: argparse.Namespace) -> None:
     """Run `twinlm tokenizer train`."""
     from .tokenizer import train_tokenizer
 
     if args.tokenizer_command != "train":
         raise TwinLMError("tokenizer: say what to do, e.g. `twinlm tokenizer train --help`")
-    tok = train_tokenizer(args.files, kind=args.kind, vocab_size=args.vocab_size,
-                          min_frequency=args.min_frequency, text_field=args.text_field, exclude=args.exclude)
+    dropped = [0]
+    tok = train_tokenizer(args.files, kind=args.kind, vocab_size=args.vocab_size, min_frequency=args.min_frequency,
+                          text_field=args.text_field, exclude=args.exclude, dropped=dropped)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tok.save(out)
     print(f"trained a {args.kind} tokenizer with {tok.vocab_size} tokens -> {out / 'tokenizer.json'}")
+    if args.exclude:
+        print(_left_out(dropped[0], args.exclude))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -185,8 +193,7 @@ def cmd_prepare(args: argparse.Namespace) -> None:
                           text_field=args.text_field, on_error="skip" if args.skip_bad_lines else "raise",
                           segmenter=args.segmenter, exclude=args.exclude)
     if args.exclude:
-        docs = "document" if meta.n_excluded == 1 else "documents"
-        print(f"{meta.n_excluded:,} {docs} left out: their text is in {', '.join(args.exclude)}")
+        print(_left_out(meta.n_excluded, args.exclude))
     print(f"{meta.n_docs} documents -> {meta.n_train:,} train + {meta.n_val:,} validation tokens ({meta.dtype}) "
           f"in {args.out}")
     if meta.n_unk:

@@ -336,11 +336,13 @@ def train_tokenizer(
     lowercase: bool | None = None,
     text_field: str = "text",
     exclude: Sequence[str | Path] = (),
+    dropped: list[int] | None = None,
 ) -> Tokenizer:
     """Train a wordpiece, bpe or char tokenizer on the documents of ``files`` (vocab_size is ignored for char).
 
     lowercase defaults to True for wordpiece (BERT-uncased) and False for bpe and char. Documents equal to a text
-    of the ``exclude`` files (dev/test splits) are left out, as by prepare_corpus.
+    of the ``exclude`` files (dev/test splits) are left out, as by prepare_corpus, and counted in ``dropped[0]``
+    when a list is given.
     """
     if kind not in KINDS:
         raise ConfigError(f"tokenizer kind {kind!r} is unknown; choose one of {', '.join(KINDS)}")
@@ -356,7 +358,7 @@ def train_tokenizer(
     where = ", ".join(str(f) for f in files)
     counter = [0]
     excluded = load_excluded(exclude, text_field)
-    docs = _counting(without_excluded(_all_documents(files, text_field), excluded, [0]), counter)
+    docs = _counting(without_excluded(_all_documents(files, text_field), excluded, dropped or [0]), counter)
 
     if kind == "wordpiece":
         hf = tokenizers.Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
