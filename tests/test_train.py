@@ -21,7 +21,7 @@ from twinlm.config import ModelConfig
 from twinlm.errors import ConfigError, TrainingDiverged
 from twinlm.model import LanguageModel
 from twinlm.pipelines import load_pretrained
-from twinlm.pretrain import PretrainOptions
+from twinlm.pretrain import ObjectiveLoss, PretrainOptions, PretrainTask
 from twinlm.runs import pretrain_run
 from twinlm.train import InterruptGuard, TrainConfig, Trainer, _due, lr_at, param_groups
 
@@ -147,6 +147,63 @@ class _NaNAfter:
 def _micro_model() -> LanguageModel:
     torch.manual_seed(0)
     return LanguageModel(ModelConfig(vocab_size=50, n_layers=1, d_model=16, n_heads=2, d_ff=32, max_positions=16))
+
+
+class _FixedMLM:
+    """Fixed MLM micro-batches (rows of 8 tokens): two of them accumulated, or the same rows as one batch."""
+
+    def __init__(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.parts = parts
+
+    def loss_module(self, model):
+        return ObjectiveLoss(model)
+
+    def batch(self, step, micro, rank, world):
+        ids, labels = self.parts[micro]
+        return {"objective": "mlm", "input_ids": ids, "labels": labels}
+
+    def tokens(self, batch):
+        return batch["input_ids"].numel()
+
+    def targets(self, batch):
+        return PretrainTask.targets(self, batch)
+
+    def evaluate(self, model, autocast):
+        return {}
+
+
+def _one_step(trainer: Trainer) -> tuple[float, dict[str, torch.Tensor]]:
+    """The loss of one training step and the gradients the optimizer was handed."""
+    grads: dict[str, torch.Tensor] = {}
+    trainer.optimizer.step = lambda: grads.update(
+        {n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+    loss, _ = trainer._train_step()
+    return loss, grads
+
+
+def test_accumulated_micro_batches_average_over_all_masked_tokens(tmp_path):
+    """1 masked token in one micro-batch and 7 in the other: the step is the mean over the 8, as one batch of both."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 50, (4, 8), generator=gen)
+    labels = torch.full_like(ids, -100)
+    labels[0, 3] = ids[0, 3]
+    labels[2:, 1:5] = ids[2:, 1:5]
+    labels[3, 4:] = -100
+    labels[3, 1] = -100  # rows 2-3: 4 + 3 = 7 masked tokens
+    ids = torch.where(labels != -100, torch.full_like(ids, 4), ids)
+    split = [(ids[:2], labels[:2]), (ids[2:], labels[2:])]
+    got = {}
+    for name, parts, accum in (("accumulated", split, 2), ("whole", [(ids, labels)], 1)):
+        cfg = _cfg(max_steps=1, grad_accum=accum, batch_size=2, grad_clip=0.0)
+        got[name] = _one_step(Trainer(_micro_model(), _FixedMLM(parts), cfg, tmp_path / name))
+    (loss_a, grads_a), (loss_w, grads_w) = got["accumulated"], got["whole"]
+    assert loss_a == pytest.approx(loss_w, rel=1e-5)
+    assert grads_a.keys() == grads_w.keys() and grads_a
+    assert all(torch.allclose(grads_a[k], grads_w[k], atol=1e-6) for k in grads_w)
+    # what equal weights (the mean of the two micro-batch means) would have given instead
+    model = _micro_model()
+    means = [float(ObjectiveLoss(model)("mlm", i, lb).detach()) for i, lb in split]
+    assert abs(sum(means) / 2 - loss_w) > 0.01
 
 
 def test_nan_guard_stops_without_writing_a_bad_checkpoint(tmp_path):

@@ -27,7 +27,7 @@ from .data.corpus import TokenShard
 from .data.segment import cjk_whole_word_note
 from .errors import ConfigError
 from .model import device_of
-from .objectives import ATTENTION_FOR, HybridSchedule, MLMMasker, clm_loss, mlm_loss, resolve_objective
+from .objectives import ATTENTION_FOR, IGNORE_INDEX, HybridSchedule, MLMMasker, clm_loss, mlm_loss, resolve_objective
 
 EVAL_MASK_SEED = 1234  # the validation masks are the same at every evaluation, so MLM losses are comparable
 
@@ -135,6 +135,13 @@ class PretrainTask:
 
     def tokens(self, batch: dict[str, Any]) -> int:
         return batch["input_ids"].numel()
+
+    def targets(self, batch: dict[str, Any]) -> int:
+        """The predictions the batch's loss averages over: masked tokens (MLM), every next token of a block (CLM)."""
+        if batch["objective"] == "mlm":
+            return int((batch["labels"] != IGNORE_INDEX).sum())
+        rows, length = batch["input_ids"].shape
+        return rows * (length - 1)
 
     def evaluate(self, model: nn.Module, autocast: Callable[[], contextlib.AbstractContextManager]) -> dict:
         """Validation loss and perplexity per objective (MLM: masked-token loss under a fixed masking seed)."""

@@ -10,6 +10,7 @@ The loop knows nothing about objectives or data formats. A *task* supplies them:
     task.batch(step, micro, rank, world) -> dict of CPU tensors (a pure function of its arguments: exact resume)
     task.tokens(batch) -> int   (for tokens/s)
     task.evaluate(model, autocast) -> dict of metrics, e.g. {"val_loss": ..., "val_ppl": ...}
+    task.targets(batch) -> int  (optional: how many predictions the batch's mean loss is over; see _train_step)
 
 Pretraining (twinlm.pretrain) is one task; fine-tuning is another.
 """
@@ -389,18 +390,35 @@ class Trainer:
         dist.all_reduce(t)
         return float(t.item())
 
+    def _weights(self, batches: list[dict[str, Any]]) -> list[float]:
+        """Each micro-batch's share of the step's loss, so that the step minimises the mean over *all* its targets.
+
+        A micro-batch's loss is a mean over its own targets (masked tokens for MLM), and DDP/FSDP average gradients
+        over ranks. Scaling each mean by 1/grad_accum would weigh a token in a micro-batch with 50 masked tokens
+        twice as much as one in a micro-batch with 100 (Hugging Face's gradient-accumulation bug of 2024). The
+        weight is n_micro / N_step, N_step summed over micro-batches and ranks, times world because the gradient
+        all-reduce divides by it. A task without ``targets`` weighs its micro-batches equally.
+        """
+        world = self.dist.world
+        if not hasattr(self.task, "targets"):
+            return [1.0 / len(batches)] * len(batches)
+        counts = [float(self.task.targets(b)) for b in batches]
+        total = max(self._agree(sum(counts)), 1.0)
+        return [n * world / total for n in counts]
+
     def _train_step(self) -> tuple[float, int]:
         """One optimizer step over grad_accum micro-batches; returns (mean loss, tokens on all ranks)."""
         cfg, total, tokens = self.cfg, 0.0, 0
-        for micro in range(cfg.grad_accum):
-            batch = self.task.batch(self.step, micro, self.dist.rank, self.dist.world)
+        rank, world = self.dist.rank, self.dist.world
+        batches = [self.task.batch(self.step, micro, rank, world) for micro in range(cfg.grad_accum)]
+        for micro, (batch, weight) in enumerate(zip(batches, self._weights(batches), strict=True)):
             tokens += self.task.tokens(batch) * self.dist.world
             batch = {k: v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             last = micro == cfg.grad_accum - 1
             sync = contextlib.nullcontext() if last or self.dist.world == 1 else parallel.no_sync(self.loss_module)
             with sync:
                 with self.autocast():
-                    loss = self.loss_module(**batch) / cfg.grad_accum
+                    loss = self.loss_module(**batch) * weight
                 loss.backward()
             total += loss.detach().float().item()
         mean_loss = self._agree(total) / self.dist.world
