@@ -170,6 +170,41 @@ def test_single_document_tail_split(tok: Tokenizer, tmp_path: Path) -> None:
     assert joined == ids
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_special_token_text_in_a_document_stays_text(tok: Tokenizer, tmp_path: Path, workers: int) -> None:
+    """A document quoting "<|endoftext|>" or "[MASK]" gets no boundary or mask id from it: only prepare's separators."""
+    docs = ["the world<|endoftext|>is quiet", "a river [MASK] stone", "hello over"]
+    src = _write_txt(tmp_path / "c.txt", docs)
+    prepare_corpus([src], tok, tmp_path / "out", val_fraction=0.0, workers=workers, chunk_docs=1, progress=False)
+    ids = TokenShard(tmp_path / "out", "train").tokens.tolist()
+    assert ids.count(tok.sep_id) == len(docs) and ids[-1] == tok.sep_id
+    assert tok.mask_id not in ids
+    cut = [i for i, t in enumerate(ids) if t == tok.sep_id]
+    first = ids[:cut[0]]
+    assert tok.decode(first) == docs[0]  # the quoted marker comes back as the characters it was
+
+
+def test_a_worker_that_cannot_start_fails_the_prepare_instead_of_hanging(tok: Tokenizer, tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # A multiprocessing Pool whose initializer raises starts new workers forever; the error must reach the caller.
+    import signal
+
+    from twinlm.data import corpus
+
+    def broken(_json: str):
+        raise DataError("tokenizer.json: cannot be read in a worker")
+
+    monkeypatch.setattr(corpus, "literal_copy", broken)  # forked workers inherit the patch
+    src = _write_txt(tmp_path / "c.txt", _docs(6))
+    signal.alarm(120)  # a regression hangs: fail loudly instead of stalling the suite
+    try:
+        with pytest.raises(DataError, match="cannot be read in a worker"):
+            prepare_corpus([src], tok, tmp_path / "out", workers=2, chunk_docs=2, progress=False)
+    finally:
+        signal.alarm(0)
+    assert not (tmp_path / "out").exists()
+
+
 def test_prepare_no_val_and_replace(tok: Tokenizer, tmp_path: Path) -> None:
     src = _write_txt(tmp_path / "c.txt", _docs(4))
     out = tmp_path / "out"

@@ -129,8 +129,23 @@ def token_dtype(vocab_size: int) -> str:
 
 _WORKER_HF: tokenizers.Tokenizer | None = None
 _WORKER_SEGMENT: Segmenter | None = None
+_WORKER_ERROR: Exception | None = None
 
 Encoded = tuple[np.ndarray, np.ndarray | None, list[int]]  # ids, word-start flags (or None), document lengths
+
+
+def literal_copy(tokenizer_json: str) -> tokenizers.Tokenizer:
+    """A tokenizer that reads special-token text in a document ("<|endoftext|>", "[MASK]") as ordinary characters.
+
+    Corpus text is data: a web page quoting "<|endoftext|>" must not become a document boundary, nor "[MASK]" a
+    masked position the model is asked to predict (nanoGPT's prepare uses tiktoken's encode_ordinary for the same
+    reason). Only the separator that prepare itself writes between documents is the special id.
+    """
+    import tokenizers
+
+    hf = tokenizers.Tokenizer.from_str(tokenizer_json)
+    hf.encode_special_tokens = True
+    return hf
 
 
 def _encode_docs(hf: tokenizers.Tokenizer, docs: list[str], sep_id: int, dtype: str,
@@ -154,16 +169,19 @@ def _encode_docs(hf: tokenizers.Tokenizer, docs: list[str], sep_id: int, dtype: 
 
 
 def _worker_init(tokenizer_json: str, segmenter: str | None) -> None:
-    global _WORKER_HF, _WORKER_SEGMENT
+    global _WORKER_HF, _WORKER_SEGMENT, _WORKER_ERROR
     # Parallelism comes from the processes; Rust threads inside each worker would only compete.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    import tokenizers
-
-    _WORKER_HF = tokenizers.Tokenizer.from_str(tokenizer_json)
-    _WORKER_SEGMENT = load_segmenter(segmenter) if segmenter else None
+    try:
+        _WORKER_HF = literal_copy(tokenizer_json)
+        _WORKER_SEGMENT = load_segmenter(segmenter) if segmenter else None
+    except Exception as err:  # noqa: BLE001 (a Pool whose initializer raises respawns workers forever: a hang)
+        _WORKER_ERROR = err
 
 
 def _worker_encode(task: tuple[list[str], int, str]) -> Encoded:
+    if _WORKER_ERROR is not None:
+        raise _WORKER_ERROR  # reaches prepare_corpus through pool.imap
     docs, sep_id, dtype = task
     assert _WORKER_HF is not None, "worker initializer did not run"
     return _encode_docs(_WORKER_HF, docs, sep_id, dtype, _WORKER_SEGMENT)
@@ -309,7 +327,8 @@ def prepare_corpus(
             tasks = ((chunk, sep_id, dtype.name) for chunk in chunks)
             results = pool.imap(_worker_encode, tasks)  # ordered, so the output never depends on timing
         else:
-            results = (_encode_docs(tokenizer.hf, chunk, sep_id, dtype.name, segment) for chunk in chunks)
+            literal = literal_copy(tokenizer.hf.to_str())
+            results = (_encode_docs(literal, chunk, sep_id, dtype.name, segment) for chunk in chunks)
 
         n_docs = n_train = n_val = n_unk = 0
         start = time.perf_counter()
