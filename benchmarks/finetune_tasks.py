@@ -44,10 +44,13 @@ def _report(case: str, init: str, metrics: dict, start: float, **extra) -> dict:
 
 def sst2(args: argparse.Namespace, init: Path = MINILM, tag: str = "minilm") -> dict:
     start = time.perf_counter()
-    opts = FinetuneOptions("classify", max_seq_len=64, max_train_rows=args.train_rows)
-    _, best = finetune_run(init, DATA / "sentiment/sst2_train.tsv", DATA / "sentiment/sst2_dev.tsv",
-                           OUT / f"sst2-{tag}", opts, _cfg(args, 5e-5), epochs=args.epochs)
-    return _report("sst2", tag, best, start, train_rows=args.train_rows, epochs=args.epochs, eval="sst2_dev (872)")
+    pooling = getattr(args, "pooling", "auto")
+    opts = FinetuneOptions("classify", max_seq_len=64, max_train_rows=args.train_rows, pooling=pooling)
+    folder = OUT / (f"sst2-{tag}" if pooling == "auto" else f"sst2-{tag}-{pooling}")
+    _, best = finetune_run(init, DATA / "sentiment/sst2_train.tsv", DATA / "sentiment/sst2_dev.tsv", folder, opts,
+                           _cfg(args, 5e-5), epochs=args.epochs)
+    return _report("sst2", tag, best, start, train_rows=args.train_rows, epochs=args.epochs, eval="sst2_dev (872)",
+                   pooling=pooling, lr=args.lr or 5e-5, seed=args.seed)
 
 
 def squad(args: argparse.Namespace) -> dict:
@@ -109,6 +112,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--pretrain-steps", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pooling", default="auto", choices=["auto", "mean"],
+                        help="sst2: the classifier reads [CLS] (auto) or the mean of the tokens (all-MiniLM-L6-v2's "
+                             "own sentence pooling)")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     if not DATA.is_dir():

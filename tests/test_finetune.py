@@ -108,9 +108,23 @@ def test_head_tail_truncation_reads_the_end_of_long_texts_and_the_model_remember
     assert model.lm.config.extra["task"]["truncation"] == "head-tail"
     long = " ".join(["the film was a story of the cast"] * 5)
     assert [p["label"] for p in classify(model, tok, [f"{long} superb", f"{long} awful"])] == ["1", "0"]
+    with pytest.raises(ConfigError, match="--pooling mean applies to --task classify only, not ner"):
+        finetune_run(base, tmp_path / "train.tsv", None, tmp_path / "ner2", FinetuneOptions("ner", pooling="mean"),
+                     _cfg(), epochs=1)
     with pytest.raises(ConfigError, match="--truncation head-tail applies to --task classify only, not ner"):
         finetune_run(base, tmp_path / "train.tsv", None, tmp_path / "ner",
                      FinetuneOptions("ner", truncation="head-tail"), _cfg(), epochs=1)
+
+
+def test_mean_pooled_classifier_learns_and_is_loaded_mean_pooled(tmp_path, base, sentiment):
+    _, best = finetune_run(base, sentiment[0], sentiment[1], tmp_path / "run",
+                           FinetuneOptions("classify", max_seq_len=32, pooling="mean"), _cfg(), epochs=4)
+    assert best["accuracy"] > 0.9, best
+    model, tok = load_task_model(tmp_path / "run", "classify")
+    assert model.pooling == "mean" and model.config.extra["task"]["pooling"] == "mean"
+    code = main(["evaluate", "--task", "classify", "--model", str(tmp_path / "run"), "--data", str(sentiment[1])])
+    assert code == 0 and json.loads((tmp_path / "run" / "eval_dev.json").read_text())["accuracy"] == pytest.approx(
+        best["accuracy"])  # scored as it was trained: a [CLS] reading of these weights would not match
 
 
 def test_causal_backbone_fine_tunes_too(tmp_path, base, sentiment):

@@ -26,11 +26,12 @@ VOCAB, PAD = 60, 0
 ATOL = 1e-5  # fp32: packing changes only the order of the sums inside each matmul, not what is summed
 
 
-def _model(task: str, attention: str = "bidirectional", position: str = "learned", labels: int = 3) -> TaskModel:
+def _model(task: str, attention: str = "bidirectional", position: str = "learned", labels: int = 3,
+           pooling: str = "auto") -> TaskModel:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=VOCAB, n_layers=2, d_model=32, n_heads=4, d_ff=64, max_positions=64,
                       attention=attention, position=position, type_vocab_size=2, dropout=0.0, pad_token_id=PAD)
-    model = TaskModel(LanguageModel(cfg), task, labels)
+    model = TaskModel(LanguageModel(cfg), task, labels, pooling=pooling)
     model.dropout.p = 0.0  # the head's own dropout: off, so train mode is deterministic
     return model
 
@@ -86,6 +87,26 @@ def test_packed_batch_gives_the_same_logits_loss_and_gradients_as_the_padded_exa
             assert gb is None or gb.abs().max() < ATOL
         else:
             torch.testing.assert_close(gb, ga, atol=ATOL, rtol=1e-4)
+
+
+@pytest.mark.parametrize("attention", ["bidirectional", "causal"])
+def test_mean_pooling_averages_each_examples_own_tokens_padded_packed_or_alone(attention):
+    lengths = [9, 3, 14, 5, 2, 7]
+    feats = _features("classify", lengths)
+    model = _model("classify", attention, pooling="mean").eval()
+    with torch.no_grad():
+        padded = model(**T.collate(feats, PAD))[0]
+        alone = torch.cat([model(**T.collate([f], PAD))[0] for f in feats])
+        packed = model(**pack_collate(feats, PAD, 16))[0]
+        one = T.collate(feats[:1], PAD)
+        states = model.features(one["input_ids"], one["attention_mask"], one["token_type_ids"])
+        by_hand = model.classifier(states.mean(1))
+        cls = _model("classify", attention)(**T.collate(feats, PAD))[0]
+    torch.testing.assert_close(padded, alone, atol=ATOL, rtol=0)  # padding never enters the mean
+    order = [i for row in pack_examples(lengths, 16) for i in row]
+    torch.testing.assert_close(packed, padded[order], atol=ATOL, rtol=0)  # nor do the other examples of a row
+    torch.testing.assert_close(alone[:1], by_hand, atol=ATOL, rtol=0)
+    assert not torch.allclose(cls, padded, atol=1e-3)  # a different reading from the [CLS]/last-token one
 
 
 def test_pack_layout_segments_positions_and_labels():

@@ -43,6 +43,10 @@ def _finetune_arguments(ft: argparse.ArgumentParser) -> None:
                     help="classify: what a text longer than --max-seq-len keeps: its first tokens (head), or its first "
                          "quarter and last three quarters (head-tail, which helps on long reviews); the fine-tuned "
                          "model remembers the choice")
+    ft.add_argument("--pooling", default="auto", choices=["auto", "mean"],
+                    help="classify: what the classifier reads: auto = [CLS] (bidirectional) or the last token "
+                         "(causal); mean = the average of every token's state, as sentence-embedding models "
+                         "(all-MiniLM-L6-v2) were trained")
     _data_flags(ft)
     _metric_flag(ft)
     add_train_flags(ft)
@@ -78,7 +82,7 @@ def cmd_finetune(args: argparse.Namespace) -> None:
                            max_answer_len=args.max_answer_len, problem=args.problem, text_column=args.text_column,
                            pair_column=args.pair_column, label_column=args.label_column,
                            max_train_rows=args.max_train_rows, max_eval_rows=args.max_eval_rows, dropout=args.dropout,
-                           metric=args.metric, truncation=args.truncation)
+                           metric=args.metric, truncation=args.truncation, pooling=args.pooling)
     cfg = train_config(args)
     cfg.patience = args.patience
     result, best = finetune_run(args.init, args.train, args.eval, args.out, opts, cfg, args.epochs, args.resume)

@@ -22,7 +22,7 @@ from torch import nn
 from .data import tasks as T
 from .errors import ConfigError, DataError
 from .evaluate import classification_metrics, cmrc_metrics, entities, entity_metrics, squad_metrics
-from .heads import TASKS, TaskLoss, TaskModel
+from .heads import POOLING, TASKS, TaskLoss, TaskModel
 from .loading import Loaded, check_task, load
 from .model import LanguageModel, device_of
 from .tokenizer import Tokenizer
@@ -34,8 +34,12 @@ CMRC_HAN_SHARE = 0.3  # auto: contexts with more than this share of Han characte
 
 
 def check_metric(opts: FinetuneOptions) -> None:
-    """A --metric other than auto is a QA choice, and --truncation other than head a classification one: anything
-    else, or another task, is a ConfigError."""
+    """A --metric other than auto is a QA choice, --truncation other than head and --pooling other than auto are
+    classification ones: anything else, or another task, is a ConfigError."""
+    if opts.pooling not in POOLING:
+        raise ConfigError(f"--pooling {opts.pooling!r} is unknown; choose one of {', '.join(POOLING)}")
+    if opts.pooling != "auto" and opts.task != "classify":
+        raise ConfigError(f"--pooling {opts.pooling} applies to --task classify only, not {opts.task}")
     if opts.truncation not in T.TRUNCATION:
         raise ConfigError(f"--truncation {opts.truncation!r} is unknown; choose one of {', '.join(T.TRUNCATION)}")
     if opts.truncation != "head" and opts.task != "classify":
@@ -74,6 +78,7 @@ class FinetuneOptions:
     metric: str = "auto"  # qa: squad | cmrc | auto (CMRC 2018's for Chinese contexts, SQuAD's otherwise)
     batching: str = "length"  # training batches: length (grouped, little padding) | random | pack (see train_batches)
     truncation: str = "head"  # classify: which tokens an over-long text keeps: head | head-tail (see T.cut_tokens)
+    pooling: str = "auto"  # classify: auto ([CLS] or the last token, by attention) | mean (see heads.mean_pooled)
 
 
 @dataclass
@@ -394,12 +399,13 @@ def finetune_run(init: str | Path, train_file: str | Path, eval_file: str | Path
     torch.manual_seed(cfg.seed)
     if opts.dropout is not None:
         set_dropout(lm, opts.dropout)
-    model = TaskModel(lm, opts.task, len(labels), opts.problem)
+    model = TaskModel(lm, opts.task, len(labels), opts.problem, opts.pooling)
     if previous:
         model.load_state_dict(previous["state"])
     model.lm.config = lm.config.replace(extra={**lm.config.extra, "task": {
         "task": opts.task, "labels": labels, "problem": opts.problem, "max_seq_len": opts.max_seq_len,
-        "doc_stride": opts.doc_stride, "max_answer_len": opts.max_answer_len, "truncation": opts.truncation}})
+        "doc_stride": opts.doc_stride, "max_answer_len": opts.max_answer_len, "truncation": opts.truncation,
+        "pooling": opts.pooling}})
     model.lm.backbone.config = model.lm.config
     world = int(os.environ.get("WORLD_SIZE", "1"))
     steps_per_epoch = max(1, math.ceil(len(train.features) / (cfg.batch_size * cfg.grad_accum * world)))

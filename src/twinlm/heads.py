@@ -2,6 +2,8 @@
 
 Sequence classification pools the [CLS] state of a bidirectional backbone, or the last non-padding token of a
 causal one (the only position that has seen the whole text), so both paradigms can be fine-tuned on the same task.
+``pooling="mean"`` averages every real token's state instead: what sentence-embedding models such as
+all-MiniLM-L6-v2 were trained to make meaningful (sentence-transformers' mean pooling).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from .model import LanguageModel
 
 TASKS = ("classify", "qa", "ner")
 PROBLEMS = ("single_label", "multi_label", "regression")
+POOLING = ("auto", "mean")  # auto: [CLS] (bidirectional) or the last real token (causal)
 
 
 def pooled_rows(shape: tuple[int, ...], attention_mask: torch.Tensor | None, attention: str,
@@ -45,18 +48,42 @@ def packed_rows(segment_ids: torch.Tensor, attention: str) -> torch.Tensor:
     return (edge & real).nonzero()
 
 
+def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor | None,
+                segment_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean of the hidden states over each example's real tokens: (B, d) per row, or for packed rows (N, d) per
+    example in row-major order (the order of packed_rows)."""
+    if segment_ids is None:
+        if attention_mask is None:
+            return hidden.mean(1)
+        keep = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * keep).sum(1) / keep.sum(1).clamp(min=1)
+    B, T, d = hidden.shape
+    k = int(segment_ids.max()) + 1
+    slot = (torch.arange(B, device=hidden.device).unsqueeze(1) * k + segment_ids).flatten()  # (row, segment)
+    sums = hidden.new_zeros(B * k, d).index_add_(0, slot, hidden.flatten(0, 1))
+    counts = torch.bincount(slot, minlength=B * k)
+    real = (counts > 0) & (torch.arange(B * k, device=hidden.device) % k != 0)  # segment 0 is padding
+    return sums[real] / counts[real].unsqueeze(1).to(hidden.dtype)
+
+
 class TaskModel(nn.Module):
     """A LanguageModel backbone plus one task head; ``config.extra['task']`` records the task and its labels."""
 
-    def __init__(self, lm: LanguageModel, task: str, num_labels: int, problem: str = "single_label") -> None:
+    def __init__(self, lm: LanguageModel, task: str, num_labels: int, problem: str = "single_label",
+                 pooling: str = "auto") -> None:
         super().__init__()
         if task not in TASKS:
             raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         if problem not in PROBLEMS:
             raise ConfigError(f"unknown problem type {problem!r}; choose one of {', '.join(PROBLEMS)}")
+        if pooling not in POOLING:
+            raise ConfigError(f"--pooling {pooling!r} is unknown; choose one of {', '.join(POOLING)}")
+        if pooling != "auto" and task != "classify":
+            raise ConfigError(f"--pooling {pooling} applies to --task classify only, not {task}")
         self.lm = lm
         self.task = task
         self.problem = problem
+        self.pooling = pooling
         d = lm.config.d_model
         self.dropout = nn.Dropout(0.1)
         out = 2 if task == "qa" else (1 if problem == "regression" else num_labels)
@@ -93,6 +120,11 @@ class TaskModel(nn.Module):
         classify then gives (N, C) for the N examples in row-major order, ner (B, T, C) as usual; qa is not packed.
         """
         packed = {"segment_ids": segment_ids, "position_ids": position_ids}
+        if self.task == "classify" and self.pooling == "mean":
+            hidden = mean_pooled(self.features(input_ids, attention_mask, token_type_ids, **packed), attention_mask,
+                                 segment_ids)
+            logits = self.classifier(self.dropout(hidden))
+            return logits, None if labels is None else self._classification_loss(logits, labels)
         if self.task == "classify":
             # Only the pooled position is read, so the last block computes just that one (the same numbers).
             if segment_ids is None:

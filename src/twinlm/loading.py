@@ -187,8 +187,8 @@ def load(path: str | Path, *, task: str | None = None, device: str | torch.devic
         recorded = config.extra.get("task")
         check_task(recorded, task, folder, path)
         lm = LanguageModel(config)
-        model = (TaskModel(lm, recorded["task"], len(recorded["labels"]), recorded.get("problem", "single_label"))
-                 if recorded else lm)
+        model = (TaskModel(lm, recorded["task"], len(recorded["labels"]), recorded.get("problem", "single_label"),
+                           recorded.get("pooling", "auto")) if recorded else lm)
         fit_weights(model, ckpt.load_model_state(folder), folder)
         model = model.to(device).eval()
         info = {"format": "twinlm", "task": recorded, "notes": [], "extra_tensors": {}}
