@@ -155,6 +155,38 @@ def test_length_grouping_is_seeded_shuffled_and_pads_less():
     assert computed("length") < 1.1 * lengths.sum()
 
 
+def test_accumulated_ner_micro_batches_weigh_by_their_labelled_tokens(tmp_path):
+    """Two micro-batches of 3 and 30 labelled tokens: the step equals one batch of both (the mean over 33 tokens)."""
+    from twinlm.train import TrainConfig, Trainer
+
+    feats = _features("ner", [4, 5, 16, 18])
+    data = TaskData("ner", [None] * 4, feats, "mem")
+    pad = type("Tok", (), {"pad_id": PAD})()
+    task = FinetuneTask(data, None, pad, FinetuneOptions("ner", batching="random"), batch_size=2, grad_accum=2, seed=0)
+    parts = [T.collate(feats[:2], PAD), T.collate(feats[2:], PAD)]
+    assert [task.targets(p) for p in parts] == [sum(t != T.IGNORE for f in fs for t in f["labels"])
+                                                for fs in (feats[:2], feats[2:])]
+
+    class Fixed(FinetuneTask):
+        def batch(self, step, micro, rank, world):
+            return self.parts[micro]
+
+    results = []
+    for name, batches in (("accumulated", parts), ("whole", [T.collate(feats, PAD)])):
+        fixed = Fixed(data, None, pad, FinetuneOptions("ner", batching="random"), 2, len(batches), 0)
+        fixed.parts = batches
+        cfg = TrainConfig(max_steps=1, batch_size=2, grad_accum=len(batches), grad_clip=0.0, eval_every=None,
+                          save_every=None, device="cpu", progress=False)
+        trainer = Trainer(_model("ner"), fixed, cfg, tmp_path / name)
+        grads = {}
+        trainer.optimizer.step = lambda g=grads, t=trainer: g.update(
+            {n: p.grad.clone() for n, p in t.model.named_parameters() if p.grad is not None})
+        results.append((trainer._train_step()[0], grads))
+    (loss_a, grads_a), (loss_w, grads_w) = results
+    assert loss_a == pytest.approx(loss_w, rel=1e-5) and grads_a.keys() == grads_w.keys()
+    assert all(torch.allclose(grads_a[k], grads_w[k], atol=1e-6) for k in grads_w)
+
+
 def test_the_task_gives_each_rank_its_share_of_every_row_once_per_epoch():
     feats = [{"input_ids": [1] * (2 + i % 17), "labels": i} for i in range(103)]
     data = TaskData("classify", [None] * len(feats), feats, "mem")

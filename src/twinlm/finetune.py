@@ -332,6 +332,15 @@ class FinetuneTask:
     def tokens(self, batch: dict[str, Any]) -> int:
         return int(batch["attention_mask"].sum())
 
+    def targets(self, batch: dict[str, Any]) -> int:
+        """What the batch's mean loss is over: its labelled tokens (ner) or its examples (classify, qa), so that
+        accumulated micro-batches of different sizes weigh by their share (Trainer._weights)."""
+        if self.opts.task == "ner":
+            return int((batch["labels"] != T.IGNORE).sum())
+        if self.opts.task == "qa":
+            return int((batch["start_positions"] != T.IGNORE).sum())
+        return len(batch["labels"])
+
     def evaluate(self, model: nn.Module, autocast: Callable[[], contextlib.AbstractContextManager]) -> dict:
         if self.eval is None:
             return {}

@@ -397,7 +397,8 @@ class Trainer:
         over ranks. Scaling each mean by 1/grad_accum would weigh a token in a micro-batch with 50 masked tokens
         twice as much as one in a micro-batch with 100 (Hugging Face's gradient-accumulation bug of 2024). The
         weight is n_micro / N_step, N_step summed over micro-batches and ranks, times world because the gradient
-        all-reduce divides by it. A task without ``targets`` weighs its micro-batches equally.
+        all-reduce divides by it (pretraining counts masked or next tokens, fine-tuning labelled tokens or examples).
+        A task without ``targets`` weighs its micro-batches equally.
         """
         world = self.dist.world
         if not hasattr(self.task, "targets"):
