@@ -91,7 +91,7 @@ def random_init(runs: Path, folder: Path, seed: int) -> Path:
 
 
 def run_part(runs: Path, work: Path, key: str, spec: Task, init: str, lr: float, seed: int, tag: str = "",
-             truncation: str = "head") -> dict:
+             truncation: str = "head", pooling: str = "auto") -> dict:
     out = work / "finetune" / key / (f"{init}-{tag}" if tag else init)  # a second recipe must not resume the first
     if init == "random":
         source = random_init(runs, work / "init" / f"{key}-random", seed)
@@ -100,7 +100,8 @@ def run_part(runs: Path, work: Path, key: str, spec: Task, init: str, lr: float,
     extra = dict(spec.extra)
     opts = FinetuneOptions(task=spec.task, max_seq_len=spec.max_seq_len, max_train_rows=spec.max_train_rows,
                            label_column=extra.pop("label_column", "label"),
-                           truncation=truncation if spec.task == "classify" else "head", **extra)
+                           truncation=truncation if spec.task == "classify" else "head",
+                           pooling=pooling if spec.task == "classify" else "auto", **extra)
     cfg = TrainConfig(batch_size=32, lr=lr, warmup_steps=30, eval_every=None, save_every=None, keep_last=1,
                       log_every=20, seed=seed, progress=sys.stderr.isatty())
     start = time.perf_counter()
@@ -112,7 +113,7 @@ def run_part(runs: Path, work: Path, key: str, spec: Task, init: str, lr: float,
            "final": {k: v for k, v in result.metrics.items() if isinstance(v, float)},
            "score": best.get(metric, result.metrics.get(metric)), "epochs": spec.epochs, "lr": lr, "seed": seed,
            "train_rows": spec.max_train_rows or "all", "max_seq_len": spec.max_seq_len, "steps": result.step,
-           "tag": tag, "truncation": opts.truncation,
+           "tag": tag, "truncation": opts.truncation, "pooling": opts.pooling,
            "wall_s": round(time.perf_counter() - start, 1)}
     for folder in [*out.glob("checkpoint-*"), out / "best"]:
         if init != "mlm" or tag or key not in ("chnsenticorp", "cmrc", "msra"):  # keep the models the README demos use
@@ -148,6 +149,8 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the part names, so a second recipe keeps the first one's rows")
     ap.add_argument("--truncation", default="head", choices=["head", "head-tail"],
                     help="classification tasks: what an over-long text keeps (twinlm finetune --truncation)")
+    ap.add_argument("--pooling", default="auto", choices=["auto", "mean"],
+                    help="classification tasks: [CLS] (auto) or the mean of the token states (finetune --pooling)")
     ap.add_argument("--table-only", action="store_true", help="write the table from the finished parts; train nothing")
     args = ap.parse_args()
     runs = Path(args.runs)
@@ -173,7 +176,8 @@ def main() -> None:
                 continue
             if not part.exists():
                 print(f"== {key} from {init}", file=sys.stderr)
-                row = run_part(runs, work, key, specs[key], init, args.lr, args.seed, args.tag, args.truncation)
+                row = run_part(runs, work, key, specs[key], init, args.lr, args.seed, args.tag, args.truncation,
+                               args.pooling)
                 part.write_text(json.dumps(row, indent=1, ensure_ascii=False))
             rows.append(json.loads(part.read_text()))
     out = Path(args.out)
