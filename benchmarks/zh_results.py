@@ -3,7 +3,8 @@ ChnSentiCorp, waimai, online-shopping topics, MSRA NER and CMRC 2018, one recipe
 
 The pretrained models come from the README's Chinese recipe (`twinlm pretrain ... --out runs/zh/mlm` etc.); a missing
 one is skipped with a note. Each (task, init) pair is one part, written to RUNS/results/parts as JSON when it ends, so a
-killed run continues where it stopped. Prints the table as JSON and Markdown and writes both to --out.
+killed run continues where it stopped. Prints the rows asked for as JSON and Markdown, and writes the table of every
+finished part (all tasks, inits and tagged recipes) to --out.
 
     python benchmarks/zh_results.py --runs runs/zh --out benchmarks/results/zh
     python benchmarks/zh_results.py --tasks chnsenticorp --inits mlm,random     # a subset
@@ -180,13 +181,18 @@ def main() -> None:
                                args.pooling)
                 part.write_text(json.dumps(row, indent=1, ensure_ascii=False))
             rows.append(json.loads(part.read_text()))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=1, ensure_ascii=False))
-    (out / "results.md").write_text(table(rows) + "\n")
     print(json.dumps(rows, ensure_ascii=False))
     print(table(rows))
-
+    # The written table holds every finished part, so running one more recipe never drops the others' rows.
+    order = list(specs)
+    every = sorted((json.loads(f.read_text()) for f in parts.glob("*.json")),
+                   key=lambda r: (order.index(r["task"]) if r["task"] in order else len(order), r["init"],
+                                  r.get("tag", "")))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(every, indent=1, ensure_ascii=False))
+    (out / "results.md").write_text(table(every) + "\n")
+    print(f"table of all {len(every)} finished parts: {out / 'results.md'}", file=sys.stderr)
 
 if __name__ == "__main__":
     main()
