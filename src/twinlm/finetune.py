@@ -22,7 +22,7 @@ from torch import nn
 from .data import tasks as T
 from .errors import ConfigError, DataError
 from .evaluate import classification_metrics, cmrc_metrics, entities, entity_metrics, squad_metrics
-from .heads import POOLING, TASKS, TaskLoss, TaskModel
+from .heads import TASKS, TaskLoss, TaskModel, check_pooling
 from .loading import Loaded, check_task, load
 from .model import LanguageModel, device_of
 from .tokenizer import Tokenizer
@@ -36,10 +36,7 @@ CMRC_HAN_SHARE = 0.3  # auto: contexts with more than this share of Han characte
 def check_metric(opts: FinetuneOptions) -> None:
     """A --metric other than auto is a QA choice, --truncation other than head and --pooling other than auto are
     classification ones: anything else, or another task, is a ConfigError."""
-    if opts.pooling not in POOLING:
-        raise ConfigError(f"--pooling {opts.pooling!r} is unknown; choose one of {', '.join(POOLING)}")
-    if opts.pooling != "auto" and opts.task != "classify":
-        raise ConfigError(f"--pooling {opts.pooling} applies to --task classify only, not {opts.task}")
+    check_pooling(opts.pooling, opts.task)  # before any data is read; TaskModel checks it again for API users
     if opts.truncation not in T.TRUNCATION:
         raise ConfigError(f"--truncation {opts.truncation!r} is unknown; choose one of {', '.join(T.TRUNCATION)}")
     if opts.truncation != "head" and opts.task != "classify":

@@ -48,6 +48,14 @@ def packed_rows(segment_ids: torch.Tensor, attention: str) -> torch.Tensor:
     return (edge & real).nonzero()
 
 
+def check_pooling(pooling: str, task: str) -> None:
+    """An unknown pooling, or mean pooling for a task other than classification, is a ConfigError."""
+    if pooling not in POOLING:
+        raise ConfigError(f"--pooling {pooling!r} is unknown; choose one of {', '.join(POOLING)}")
+    if pooling != "auto" and task != "classify":
+        raise ConfigError(f"--pooling {pooling} applies to --task classify only, not {task}")
+
+
 def mean_pooled(hidden: torch.Tensor, attention_mask: torch.Tensor | None,
                 segment_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Mean of the hidden states over each example's real tokens: (B, d) per row, or for packed rows (N, d) per
@@ -76,10 +84,7 @@ class TaskModel(nn.Module):
             raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
         if problem not in PROBLEMS:
             raise ConfigError(f"unknown problem type {problem!r}; choose one of {', '.join(PROBLEMS)}")
-        if pooling not in POOLING:
-            raise ConfigError(f"--pooling {pooling!r} is unknown; choose one of {', '.join(POOLING)}")
-        if pooling != "auto" and task != "classify":
-            raise ConfigError(f"--pooling {pooling} applies to --task classify only, not {task}")
+        check_pooling(pooling, task)
         self.lm = lm
         self.task = task
         self.problem = problem
