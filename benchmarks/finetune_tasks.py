@@ -31,8 +31,8 @@ OUT = Path("runs/bench")
 
 def _cfg(args: argparse.Namespace, lr: float) -> TrainConfig:
     return TrainConfig(batch_size=args.batch_size, lr=args.lr or lr, warmup_steps=args.warmup, weight_decay=0.01,
-                       eval_every=None, save_every=None, log_every=20, seed=args.seed, device="cpu",
-                       progress=not args.no_progress, patience=None)
+                       min_lr_ratio=args.min_lr_ratio, eval_every=args.eval_every, save_every=None, log_every=20,
+                       seed=args.seed, device="cpu", progress=not args.no_progress, patience=None)
 
 
 def _report(case: str, init: str, metrics: dict, start: float, **extra) -> dict:
@@ -47,10 +47,21 @@ def sst2(args: argparse.Namespace, init: Path = MINILM, tag: str = "minilm") -> 
     pooling = getattr(args, "pooling", "auto")
     opts = FinetuneOptions("classify", max_seq_len=64, max_train_rows=args.train_rows, pooling=pooling)
     folder = OUT / (f"sst2-{tag}" if pooling == "auto" else f"sst2-{tag}-{pooling}")
+    folder = folder.with_name(folder.name + (f"-{args.tag}" if args.tag else ""))
     _, best = finetune_run(init, DATA / "sentiment/sst2_train.tsv", DATA / "sentiment/sst2_dev.tsv", folder, opts,
                            _cfg(args, 5e-5), epochs=args.epochs)
     return _report("sst2", tag, best, start, train_rows=args.train_rows, epochs=args.epochs, eval="sst2_dev (872)",
-                   pooling=pooling, lr=args.lr or 5e-5, seed=args.seed)
+                   pooling=pooling, lr=args.lr or 5e-5, seed=args.seed, batch_size=args.batch_size,
+                   min_lr_ratio=args.min_lr_ratio, evaluations=_evaluations(folder))
+
+
+def _evaluations(folder: Path) -> list[dict]:
+    """Every dev evaluation of the run (step and metrics), so a best-of-several figure is never quoted alone."""
+    log = folder / "metrics.jsonl"
+    if not log.exists():
+        return []
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    return [row for row in rows if "lr" not in row]  # training rows carry the learning rate; evaluations do not
 
 
 def squad(args: argparse.Namespace) -> dict:
@@ -115,6 +126,11 @@ def main() -> None:
     parser.add_argument("--pooling", default="auto", choices=["auto", "mean"],
                         help="sst2: the classifier reads [CLS] (auto) or the mean of the tokens (all-MiniLM-L6-v2's "
                              "own sentence pooling)")
+    parser.add_argument("--min-lr-ratio", type=float, default=0.1,
+                        help="the cosine schedule ends at lr * this (0: decay to zero, as Hugging Face's linear)")
+    parser.add_argument("--eval-every", type=int, default=None, help="steps between dev evaluations (default: each "
+                        "epoch); every evaluation is printed with the result")
+    parser.add_argument("--tag", default="", help="suffix for the run folder, so two recipes run side by side")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
     if not DATA.is_dir():

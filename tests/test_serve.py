@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 
 from helpers import peaked_model  # noqa: E402
 from twinlm import checkpoint as ckpt  # noqa: E402
+from twinlm.data.tasks import cut_tokens  # noqa: E402
 from twinlm.errors import ConfigError  # noqa: E402
 from twinlm.finetune import answer, classify, tag  # noqa: E402
 from twinlm.generate import generate  # noqa: E402
@@ -28,7 +29,7 @@ from twinlm.pipelines import fill_mask  # noqa: E402
 from twinlm.scoring import perplexity, pseudo_perplexity  # noqa: E402
 from twinlm.serve.app import create_app  # noqa: E402
 from twinlm.serve.batched import fill_mask_many, mask_predict_many, score_many  # noqa: E402
-from twinlm.serve.limits import Limits  # noqa: E402
+from twinlm.serve.limits import Limits, fit_text  # noqa: E402
 from twinlm.tokenizer import train_tokenizer  # noqa: E402
 
 LINES = ["the cat sat on the mat and the dog sat on the log",
@@ -341,6 +342,19 @@ def test_more_errors(loaded, client):
         got = small.post("/v1/completions", json={"model": "clm", "prompt": long, "truncate": True, "max_tokens": 3,
                                                   "temperature": 0}, headers=auth)
         assert got.status_code == 200 and got.json()["usage"]["prompt_tokens"] == 8
+
+
+def test_truncate_keeps_what_the_model_reads(loaded):
+    """`truncate: true` cuts the way the served classifier was trained to cut: head, or head-tail (first quarter of
+    the room, last three quarters), on whole tokens, keeping the text's word breaks."""
+    tok = loaded["classify"].tokenizer
+    text = "alice went to paris and bob went to rome with carol and the dog sat on the log"
+    ids = tok.hf.encode(text, add_special_tokens=False).ids
+    for keep, want in (("head", ids[:8]), ("head-tail", cut_tokens(ids, 8, "head-tail"))):
+        cut, n = fit_text(tok, text, 8, "text", True, keep)
+        assert n == 8 and tok.hf.encode(cut, add_special_tokens=False).ids == want, keep
+    assert fit_text(tok, text, 8, "text", True, "head-tail")[0] == "alice sat on the log"  # "alice" is 2 tokens
+    assert fit_text(tok, text, 100, "text", True, "head-tail") == (text, len(ids))
 
 
 # ----------------------------------------------------------------------------------------------- batching, limits

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..data.tasks import HEAD_SHARE
 from .errors import ApiError
 
 
@@ -42,18 +43,32 @@ class Limits:
         return asdict(self)
 
 
-def fit_text(tokenizer: Any, text: str, limit: int, field: str, truncate: bool) -> tuple[str, int]:
+def fit_text(tokenizer: Any, text: str, limit: int, field: str, truncate: bool,
+             keep: str = "head") -> tuple[str, int]:
     """(text, its token count) when it has at most ``limit`` tokens; cut to ``limit`` tokens when ``truncate``,
-    else a 413 naming the field and the limit."""
+    else a 413 naming the field and the limit.
+
+    ``keep`` is the served model's own truncation (twinlm.data.tasks.cut_tokens): "head" keeps the first tokens,
+    "head-tail" the first quarter and the last three quarters, so a cut here keeps what the model was trained to read.
+    """
     enc = tokenizer.hf.encode(text, add_special_tokens=False)
     n = len(enc.ids)
     if n <= limit:
         return text, n
     if not truncate:
+        what = "the first tokens" if keep == "head" else "its first quarter and last three quarters"
         raise ApiError(413, f"{field} has {n} tokens; the limit is {limit} tokens (send a shorter text, or "
-                            "\"truncate\": true to keep the first tokens)", field)
-    end = enc.offsets[limit - 1][1] if limit > 0 else 0
-    return text[:end], limit
+                            f"\"truncate\": true to keep {what})", field)
+    if limit <= 0:
+        return "", 0
+    head = limit if keep == "head" else int(limit * HEAD_SHARE)
+    cut = text[:enc.offsets[head - 1][1]] if head > 0 else ""
+    if head < limit:
+        tail_start = enc.offsets[n - (limit - head)][0]
+        # Keep the word break the text had at the tail's first token ("… end" stays two words, 中文 stays joined).
+        joiner = " " if cut and tail_start > 0 and text[tail_start - 1].isspace() else ""
+        cut = cut + joiner + text[tail_start:]
+    return cut, limit
 
 
 def check_max_tokens(max_tokens: int, cap: int) -> None:

@@ -54,9 +54,10 @@ def _limit(served: Served, room_for_specials: int | None = None) -> int:
     return limit
 
 
-def _fit_all(served: Served, texts: list[str], field: str, truncate: bool, limit: int) -> list[str]:
+def _fit_all(served: Served, texts: list[str], field: str, truncate: bool, limit: int,
+             keep: str = "head") -> list[str]:
     many = len(texts) > 1
-    return [fit_text(served.tokenizer, t, limit, f"{field}.{i}" if many else field, truncate)[0]
+    return [fit_text(served.tokenizer, t, limit, f"{field}.{i}" if many else field, truncate, keep)[0]
             for i, t in enumerate(texts)]
 
 
@@ -100,11 +101,13 @@ async def fill_mask(body: S.FillMaskRequest, request: Request) -> dict[str, Any]
 @router.post("/v1/classify", response_model=S.ClassifyResponse, tags=["tasks"])
 async def classify(body: S.ClassifyRequest, request: Request) -> dict[str, Any]:
     served = _state(request)[0].pick(body.model, "classify")
-    texts = _fit_all(served, _texts(body.text, "text"), "text", body.truncate, _limit(served))
+    # A head-tail classifier reads an over-long text's first quarter and last three quarters: cut the same way here.
+    keep = (served.loaded.info.get("task") or {}).get("truncation") or "head"
+    texts = _fit_all(served, _texts(body.text, "text"), "text", body.truncate, _limit(served), keep)
     pairs: list[str | None] = [None] * len(texts)
     if body.text_pair is not None:
         pairs = _fit_all(served, _texts(body.text_pair, "text_pair"), "text_pair", body.truncate,  # type: ignore
-                         _limit(served))
+                         _limit(served), keep)
         if len(pairs) != len(texts):
             raise ApiError(422, f"text_pair has {len(pairs)} texts and text {len(texts)}; give one pair per text",
                            "text_pair")
