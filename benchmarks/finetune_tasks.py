@@ -31,7 +31,8 @@ OUT = Path("runs/bench")
 
 def _cfg(args: argparse.Namespace, lr: float) -> TrainConfig:
     return TrainConfig(batch_size=args.batch_size, lr=args.lr or lr, warmup_steps=args.warmup, weight_decay=0.01,
-                       min_lr_ratio=args.min_lr_ratio, eval_every=args.eval_every, save_every=None, log_every=20,
+                       min_lr_ratio=args.min_lr_ratio, layer_lr_decay=args.layer_lr_decay,
+                       eval_every=args.eval_every, save_every=None, log_every=20,
                        seed=args.seed, device="cpu", progress=not args.no_progress, patience=None)
 
 
@@ -52,7 +53,8 @@ def sst2(args: argparse.Namespace, init: Path = MINILM, tag: str = "minilm") -> 
                            _cfg(args, 5e-5), epochs=args.epochs)
     return _report("sst2", tag, best, start, train_rows=args.train_rows, epochs=args.epochs, eval="sst2_dev (872)",
                    pooling=pooling, lr=args.lr or 5e-5, seed=args.seed, batch_size=args.batch_size,
-                   min_lr_ratio=args.min_lr_ratio, evaluations=_evaluations(folder))
+                   min_lr_ratio=args.min_lr_ratio, layer_lr_decay=args.layer_lr_decay,
+                   evaluations=_evaluations(folder))
 
 
 def _evaluations(folder: Path) -> list[dict]:
@@ -128,6 +130,7 @@ def main() -> None:
                              "own sentence pooling)")
     parser.add_argument("--min-lr-ratio", type=float, default=0.1,
                         help="the cosine schedule ends at lr * this (0: decay to zero, as Hugging Face's linear)")
+    parser.add_argument("--layer-lr-decay", type=float, default=1.0, help="lr of block i of n: lr * this**(n-i)")
     parser.add_argument("--eval-every", type=int, default=None, help="steps between dev evaluations (default: each "
                         "epoch); every evaluation is printed with the result")
     parser.add_argument("--tag", default="", help="suffix for the run folder, so two recipes run side by side")

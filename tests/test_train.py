@@ -206,6 +206,33 @@ def test_accumulated_micro_batches_average_over_all_masked_tokens(tmp_path):
     assert abs(sum(means) / 2 - loss_w) > 0.01
 
 
+def test_layer_wise_lr_decay_scales_each_layer_update(tmp_path):
+    """--layer-lr-decay d: block i of n steps at lr * d**(n-i), the embeddings at d**(n+1), the rest at lr. Adam's
+    first step moves each weight by about lr_scale * lr (m / sqrt(v) = sign of the gradient), so the moves show it."""
+    torch.manual_seed(0)
+    model = LanguageModel(ModelConfig(vocab_size=50, n_layers=3, d_model=16, n_heads=2, d_ff=32, max_positions=16))
+    expect = {"backbone.tok_emb.weight": 0.5 ** 4, "backbone.pos_emb.weight": 0.5 ** 4,
+              "backbone.blocks.0.attn.qkv.weight": 0.5 ** 3, "backbone.blocks.1.ffn.up.bias": 0.5 ** 2,
+              "backbone.blocks.2.attn.out.weight": 0.5, "head.bias": 1.0}
+    groups = param_groups(model, 0.1, 0.5)
+    names = {id(p): n for n, p in model.named_parameters()}
+    scale = {names[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
+    assert len(scale) == len(list(model.parameters()))
+    assert {n: scale[n] for n in expect} == expect
+    ids = torch.randint(5, 50, (4, 8), generator=torch.Generator().manual_seed(1))
+    labels = torch.where(torch.rand(4, 8, generator=torch.Generator().manual_seed(2)) < 0.5, ids, -100)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = _cfg(max_steps=1, batch_size=4, grad_clip=0.0, weight_decay=0.0, warmup_steps=0, lr=1e-3,
+               layer_lr_decay=0.5)
+    Trainer(model, _FixedMLM([(ids, labels)]), cfg, tmp_path)._train_step()
+    for name, want in expect.items():
+        moved = (dict(model.named_parameters())[name].detach() - before[name]).abs()
+        moved = moved[moved > 0]  # rows no gradient reached (unused token embeddings) stay put
+        assert moved.median().item() == pytest.approx(1e-3 * want, rel=0.05), name
+    with pytest.raises(ConfigError, match="--layer-lr-decay"):
+        TrainConfig(layer_lr_decay=0.0).validate()
+
+
 def test_nan_guard_stops_without_writing_a_bad_checkpoint(tmp_path):
     trainer = Trainer(_micro_model(), _NaNAfter(bad_step=5), _cfg(max_steps=10, save_every=2), tmp_path)
     with pytest.raises(TrainingDiverged, match="loss became nan at step 6"):

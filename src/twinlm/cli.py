@@ -26,6 +26,11 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-accum", type=int, default=1)
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--warmup-steps", type=int, default=100)
+    g.add_argument("--min-lr-ratio", type=float, default=0.1,
+                   help="the cosine schedule ends at lr * this (0 decays to zero, like Hugging Face's linear schedule)")
+    g.add_argument("--layer-lr-decay", type=float, default=1.0,
+                   help="layer-wise lr decay: block i of n learns at lr * this**(n-i), the embeddings lowest, the task "
+                        "head at lr (fine-tuning: 0.8-0.95; 1 turns it off)")
     g.add_argument("--weight-decay", type=float, default=0.01)
     g.add_argument("--grad-clip", type=float, default=1.0)
     g.add_argument("--eval-every", type=int, default=200)
@@ -153,7 +158,8 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
     return TrainConfig(
         max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
+        warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio, layer_lr_decay=args.layer_lr_decay,
+        weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         eval_every=args.eval_every, save_every=args.save_every, keep_last=args.keep_last, log_every=args.log_every,
         time_budget=args.time_budget, seed=args.seed, device=args.device, dtype=args.dtype,
         progress=not args.no_progress, compile=args.compile, strategy=args.strategy,

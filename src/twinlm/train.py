@@ -21,6 +21,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 1e-3
     min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    layer_lr_decay: float = 1.0  # block i of n learns at lr * decay**(n - i), the embeddings at decay**(n + 1)
     warmup_steps: int = 100
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.98)
@@ -83,6 +85,10 @@ class TrainConfig:
                                   f"(or None: only at the end), got {value!r}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ConfigError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ConfigError(f"--layer-lr-decay must be in (0, 1] (1: every layer at --lr), got {self.layer_lr_decay}")
         if self.dtype not in ("fp32", "bf16"):
             raise ConfigError(f"--dtype {self.dtype!r}: choose fp32 or bf16")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -106,13 +112,43 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Decoupled weight decay on matrices only: never on norms, biases (1-D tensors)."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+_EMBEDDING = ("tok_emb", "pos_emb", "type_emb", "emb_norm")
+
+
+def layer_depth(name: str, n_blocks: int) -> int:
+    """0 for the embeddings, i + 1 for block i, n_blocks + 1 for what reads the last block (final norm, heads)."""
+    block = _BLOCK.search(name)
+    if block:
+        return int(block.group(1)) + 1
+    if any(f"{part}." in name for part in _EMBEDDING):
+        return 0
+    return n_blocks + 1
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict[str, Any]]:
+    """Decoupled weight decay on matrices only: never on norms, biases (1-D tensors).
+
+    Layer-wise learning-rate decay (ELECTRA, Clark et al. 2020; Sun et al. 2019 for BERT fine-tuning): with
+    ``layer_lr_decay`` = d < 1, a parameter at depth k of the n blocks (layer_depth) gets ``lr_scale`` = d**(n+1-k),
+    so the task head learns at the full rate and the pretrained layers the less the lower they sit. The trainer
+    multiplies each group's scheduled lr by its lr_scale.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if layer_lr_decay == 1.0:
+        decay = [p for _, p in named if p.dim() >= 2]
+        no_decay = [p for _, p in named if p.dim() < 2]
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    blocks = {int(m.group(1)) for n, _ in named if (m := _BLOCK.search(n))}
+    n_blocks = max(blocks) + 1 if blocks else 0
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
+    for name, p in named:
+        depth, decays = layer_depth(name, n_blocks), p.dim() >= 2
+        group = groups.setdefault((depth, decays), {
+            "params": [], "weight_decay": weight_decay if decays else 0.0,
+            "lr_scale": layer_lr_decay ** (n_blocks + 1 - depth)})
+        group["params"].append(p)
+    return [groups[key] for key in sorted(groups)]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -124,7 +160,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     """
     devices = {p.device.type for p in model.parameters()}
     fused = devices <= {"cpu", "cuda"} and all(p.dtype.is_floating_point for p in model.parameters())
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas, fused=fused)
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay, cfg.layer_lr_decay), lr=cfg.lr, betas=cfg.betas,
+                             fused=fused)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -444,7 +481,7 @@ class Trainer:
             )
         lr = lr_at(self.step, cfg)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
