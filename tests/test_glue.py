@@ -368,3 +368,40 @@ def test_an_interrupted_pair_is_not_scored_or_marked_done(tiny, tmp_path, monkey
     with pytest.raises(KeyboardInterrupt):
         glue_run.run_pair(opts, TASKS["rte"], 0, glue_run.prepare_task(opts, TASKS["rte"]))
     assert glue_run.read_result(opts.out, "rte", 0) is None  # a rerun resumes this pair
+
+
+def test_schedule_flags_reach_the_trainer_and_bad_ones_are_refused(tiny, tmp_path, monkeypatch, capsys):
+    model, data = tiny
+    seen = []
+
+    def capture(init, train_file, eval_file, out_dir, fopts, cfg, **kwargs):
+        seen.append(cfg)
+        raise TrainingDiverged("stop here: only the settings are under test")
+
+    monkeypatch.setattr(glue_run, "finetune_run", capture)
+    assert main(["glue", "--model", str(model), "--out", str(tmp_path / "o"), "--data-dir", str(data), "--tasks",
+                 "rte", "--seeds", "1", "--max-train-rows", "32", "--device", "cpu", "--no-progress",
+                 "--warmup-steps", "7", "--min-lr-ratio", "0", "--layer-lr-decay", "0.8"]) == 0
+    (cfg,) = seen
+    assert (cfg.warmup_steps, cfg.min_lr_ratio, cfg.layer_lr_decay, cfg.seed) == (7, 0.0, 0.8, 0)
+    capsys.readouterr()
+    assert main(["glue", "--model", str(model), "--out", str(tmp_path / "p"), "--data-dir", str(data),
+                 "--layer-lr-decay", "1.5"]) == 2
+    assert "--layer-lr-decay must be in (0, 1]" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="--min-lr-ratio must be in"):
+        GlueOptions(model=str(model), out=str(tmp_path / "q"), data_dir=str(data), min_lr_ratio=-0.1)
+    with pytest.raises(ConfigError, match="--warmup-steps must be at least 0"):
+        GlueOptions(model=str(model), out=str(tmp_path / "q"), data_dir=str(data), warmup_steps=-1)
+
+
+def test_a_folder_saved_before_a_recipe_key_existed_resumes_with_its_default(tiny, tmp_path):
+    model, data = tiny
+    out = tmp_path / "old"
+    opts = GlueOptions(model=str(model), out=str(out), data_dir=str(data), tasks=["rte"])
+    old_recipe = {k: v for k, v in opts.recipe().items() if k not in ("min_lr_ratio", "layer_lr_decay")}
+    out.mkdir()
+    (out / glue_run.SETTINGS_FILE).write_text(json.dumps({"recipe": old_recipe}))
+    glue_run.check_recipe(opts)  # the defaults are what the old run used: it continues
+    changed = GlueOptions(model=str(model), out=str(out), data_dir=str(data), tasks=["rte"], min_lr_ratio=0.0)
+    with pytest.raises(ConfigError, match=r"\(--min-lr-ratio: 0.1 there, 0.0 now\)"):
+        glue_run.check_recipe(changed)

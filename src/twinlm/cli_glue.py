@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-train-rows", type=int, default=None, metavar="N",
                    help="cap each task's training rows (a fixed random sample, the same for every seed)")
     g.add_argument("--max-seq-len", type=int, default=128, help="tokens per example, pairs included (default 128)")
+    g.add_argument("--warmup-steps", type=int, default=0, help="linear warm-up steps (default 0)")
+    g.add_argument("--min-lr-ratio", type=float, default=0.1,
+                   help="the cosine schedule ends at lr x this (default 0.1; 0: decay to zero)")
+    g.add_argument("--layer-lr-decay", type=float, default=1.0,
+                   help="block i of n learns at lr x decay^(n-i), the embeddings lowest (default 1: all at --lr)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--keep-models", action="store_true",
                    help="keep each run's final checkpoint (by default only its metrics and predictions are kept)")
@@ -49,7 +54,9 @@ def run_command(args: argparse.Namespace) -> None:
 
     opts = GlueOptions(model=args.model, out=args.out, tasks=args.tasks, data_dir=args.data_dir, seeds=args.seeds,
                        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                       max_train_rows=args.max_train_rows, max_seq_len=args.max_seq_len, device=args.device,
+                       max_train_rows=args.max_train_rows, max_seq_len=args.max_seq_len,
+                       warmup_steps=args.warmup_steps, min_lr_ratio=args.min_lr_ratio,
+                       layer_lr_decay=args.layer_lr_decay, device=args.device,
                        progress=not args.no_progress, keep_models=args.keep_models)
     run_glue(opts)
 

@@ -44,7 +44,8 @@ from .tasks import DEFAULT_TASKS, TASKS, GlueTask, parse_tasks, read_splits, ski
 SETTINGS_FILE = "glue.json"
 SAMPLE_SEED = 0  # --max-train-rows takes the same random sample for every seed
 # What changes the numbers: a rerun in the same folder must match these (tasks and seeds may grow or shrink).
-RECIPE = ("model", "epochs", "lr", "batch_size", "max_train_rows", "max_seq_len", "warmup_steps", "dropout")
+RECIPE = ("model", "epochs", "lr", "batch_size", "max_train_rows", "max_seq_len", "warmup_steps", "dropout",
+          "min_lr_ratio", "layer_lr_decay")
 
 
 @dataclass
@@ -63,6 +64,8 @@ class GlueOptions:
     max_seq_len: int = 128
     warmup_steps: int = 0  # as `twinlm finetune`
     dropout: float = 0.1  # as `twinlm finetune` (BERT's 0.1)
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio, as `twinlm finetune`
+    layer_lr_decay: float = 1.0  # 1: every layer at lr; below 1, lower blocks learn more slowly (TrainConfig)
     save_every: int = 500  # steps between checkpoints, so a killed long pair resumes mid-way
     device: str = "auto"
     progress: bool = True
@@ -86,6 +89,16 @@ class GlueOptions:
             raise ConfigError(f"--max-train-rows must be at least 2, got {self.max_train_rows}")
         if not self.epochs > 0 or not self.lr > 0:
             raise ConfigError(f"--epochs and --lr must be positive, got {self.epochs} and {self.lr}")
+        if self.warmup_steps < 0:
+            raise ConfigError(f"--warmup-steps must be at least 0, got {self.warmup_steps}")
+        self.train_config(seed=0).validate()  # a bad --min-lr-ratio or --layer-lr-decay fails now, not per task
+
+    def train_config(self, seed: int) -> TrainConfig:
+        """The trainer settings of one task x seed pair."""
+        return TrainConfig(batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
+                           min_lr_ratio=self.min_lr_ratio, layer_lr_decay=self.layer_lr_decay, eval_every=None,
+                           save_every=self.save_every, keep_last=1, log_every=10, seed=seed, device=self.device,
+                           progress=self.progress)
 
     def recipe(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in RECIPE}
@@ -99,10 +112,13 @@ def check_recipe(opts: GlueOptions) -> None:
     path = Path(opts.out) / SETTINGS_FILE
     if path.is_file():
         saved = json.loads(path.read_text())["recipe"]
+        # A folder written before a recipe key existed ran with that key's default.
+        defaults = {f.name: f.default for f in dataclasses.fields(GlueOptions)}
         for key, value in opts.recipe().items():
-            if saved.get(key) != value:
+            was = saved.get(key, defaults.get(key))
+            if was != value:
                 flag = "--" + key.replace("_", "-")
-                raise ConfigError(f"{opts.out} holds a glue run with other settings ({flag}: {saved.get(key)!r} "
+                raise ConfigError(f"{opts.out} holds a glue run with other settings ({flag}: {was!r} "
                                   f"there, {value!r} now); rerun with the same settings to continue it, or choose "
                                   "another --out")
         return
@@ -182,9 +198,7 @@ def run_pair(opts: GlueOptions, task: GlueTask, seed: int, data: dict[str, Any])
     """
     folder = pair_dir(opts.out, task.name, seed)
     fopts = _finetune_options(opts, task)
-    cfg = TrainConfig(batch_size=opts.batch_size, lr=opts.lr, warmup_steps=opts.warmup_steps, eval_every=None,
-                      save_every=opts.save_every, keep_last=1, log_every=10, seed=seed, device=opts.device,
-                      progress=opts.progress)
+    cfg = opts.train_config(seed)
     try:
         result, _ = finetune_run(opts.model, data["train_file"], None, folder, fopts, cfg, epochs=opts.epochs,
                                  resume="auto")
