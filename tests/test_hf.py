@@ -446,3 +446,38 @@ def test_sentencepiece_only_tokenizer_is_a_clear_error(tmp_path):
     (tmp_path / "tokenizer.model").write_bytes(b"\x00")
     with pytest.raises(CheckpointError, match="SentencePiece tokenizer.model.*tokenizer.json"):
         load_tokenizer(tmp_path)
+
+
+def test_token_classifier_trains_step_for_step_like_transformers(hf_folders):
+    """Same weights, head, batch and AdamW, dropout off: five updates leave the same losses and weights.
+
+    Rules the model, the loss (tag on first sub-tokens, -100 elsewhere) and the gradients out when twinlm's and the
+    Hugging Face loop's fine-tuning scores differ (benchmarks/finetune_vs_hf.py): what remains is the recipe.
+    """
+    from twinlm.heads import TaskModel
+
+    folder, _ = hf_folders["bert"]
+    lm, _ = load_hf(folder)
+    torch.manual_seed(0)
+    twin = TaskModel(lm, "ner", 5).eval()
+    hf = transformers.BertForTokenClassification.from_pretrained(folder, num_labels=5).eval()
+    with torch.no_grad():
+        hf.classifier.weight.copy_(twin.classifier.weight)
+        hf.classifier.bias.copy_(twin.classifier.bias)
+    ids, mask = _batch("bert")
+    labels = torch.randint(0, 5, ids.shape, generator=torch.Generator().manual_seed(2))
+    labels[:, 0], labels[:, 3], labels[mask == 0] = -100, -100, -100  # [CLS], a later sub-token, padding
+    optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-3, weight_decay=0.01) for m in (twin, hf)]
+    losses: list[tuple[float, float]] = []
+    for _ in range(5):
+        pair = (twin(ids, mask, labels=labels)[1],
+                hf(input_ids=ids, attention_mask=mask, labels=labels).loss)
+        for opt, loss in zip(optimizers, pair, strict=True):
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        losses.append((pair[0].item(), pair[1].item()))
+    assert losses[-1][0] < losses[0][0] - 0.01  # the updates did something
+    for mine, theirs in losses:
+        assert mine == pytest.approx(theirs, abs=TOL)
+    assert _diff(twin.classifier.weight, hf.classifier.weight, torch.ones_like(hf.classifier.weight)) < TOL
